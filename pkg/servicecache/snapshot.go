@@ -1,0 +1,112 @@
+// Package servicecache turns the API's Services, EndpointSlices and this
+// node's Node into immutable, sorted snapshots for the planners.
+package servicecache
+
+import (
+	"net/netip"
+	"sort"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// ServiceKey names a Service.
+type ServiceKey struct {
+	Namespace string
+	Name      string
+}
+
+func (k ServiceKey) String() string { return k.Namespace + "/" + k.Name }
+
+// Less orders keys by namespace, then name.
+func (k ServiceKey) Less(o ServiceKey) bool {
+	if k.Namespace != o.Namespace {
+		return k.Namespace < o.Namespace
+	}
+	return k.Name < o.Name
+}
+
+// Service is the part of a Service (with its merged EndpointSlices) that the
+// proxy programs. A *Service inside a Snapshot is shared and never mutated:
+// a change produces a new value.
+type Service struct {
+	Key  ServiceKey
+	Type v1.ServiceType
+
+	// ClusterIPs holds the valid cluster IPs, primary family first.
+	ClusterIPs []netip.Addr
+	// ExternalIPs from spec.externalIPs, sorted.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs from status.loadBalancer.ingress in VIP mode, sorted.
+	LoadBalancerIPs []netip.Addr
+	// LoadBalancerSourceRanges, sorted; empty means no restriction.
+	LoadBalancerSourceRanges []netip.Prefix
+
+	// AffinityTimeoutSeconds is >0 when sessionAffinity is ClientIP.
+	AffinityTimeoutSeconds int32
+	// ExternalPolicyLocal is externalTrafficPolicy: Local.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal is internalTrafficPolicy: Local.
+	InternalPolicyLocal bool
+	// HealthCheckNodePort, for externalTrafficPolicy: Local load balancers.
+	HealthCheckNodePort uint16
+	// TrafficDistribution from spec.trafficDistribution ("" when unset).
+	TrafficDistribution string
+	// Annotations the proxy reads (scheduler selection), nil when none.
+	Annotations map[string]string
+
+	// Ports, sorted by Name then Protocol.
+	Ports []ServicePort
+}
+
+// ServicePort is one port of a Service with the endpoints behind it.
+type ServicePort struct {
+	Name     string
+	Protocol v1.Protocol
+	Port     uint16
+	NodePort uint16 // 0 when the Service has none
+	// Endpoints, deduplicated across slices, sorted by Addr then Port.
+	// Only endpoints of a family the Service has a cluster IP of.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one backend address of a ServicePort.
+type Endpoint struct {
+	Addr        netip.Addr
+	Port        uint16
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+	ZoneHints   []string
+	NodeHints   []string
+}
+
+// Node is what the proxy needs of its own Node object.
+type Node struct {
+	Name string
+	// Addresses: InternalIP and ExternalIP addresses, sorted.
+	Addresses []netip.Addr
+	PodCIDRs  []netip.Prefix
+	Zone      string // topology.kubernetes.io/zone label
+}
+
+// Snapshot is an immutable view of every proxied Service at one moment.
+type Snapshot struct {
+	// Services sorted by Key. Skipped Services (headless, ExternalName,
+	// other proxies') are absent.
+	Services []*Service
+	Node     Node
+	// Changed lists the Services (present or deleted) that differ from the
+	// previous snapshot, sorted.
+	Changed []ServiceKey
+}
+
+// Service returns the Service with the given key, or nil.
+func (s *Snapshot) Service(key ServiceKey) *Service {
+	i := sort.Search(len(s.Services), func(i int) bool { return !s.Services[i].Key.Less(key) })
+	if i < len(s.Services) && s.Services[i].Key == key {
+		return s.Services[i]
+	}
+	return nil
+}
