@@ -1,0 +1,48 @@
+# kube-ipvs-proxy. `make test` is what CI runs (.ci/run); `make lab` is the demo.
+SHELL := /bin/bash
+export LAB_CACHE ?= /var/cache/kube-ipvs-proxy-lab
+BIN := _output/bin
+PROXY ?= upstream
+export PROXY
+LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
+
+.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint
+
+build:
+	@mkdir -p $(BIN)
+	@if [ -d cmd/proxy ]; then go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy; fi
+
+# Debian packages, the lab kernel and its initramfs (idempotent).
+lab-deps:
+	@bash test/lab/install-deps.sh
+
+# Upstream kube-apiserver, kube-controller-manager, kube-proxy and kubectl (cached).
+lab-tools:
+	@bash test/lab/build-tools.sh
+
+lab-bins: build
+	@go build -o $(BIN)/ $(LAB_CMDS)
+
+# The demo: bring the lab up, deploy a sample app, show IPVS and answers.
+lab: lab-deps lab-tools lab-bins
+	@$(BIN)/lab up
+	@$(BIN)/lab demo
+
+lab-down:
+	@$(BIN)/lab down
+
+unit:
+	go test -race ./...
+
+e2e: lab-deps lab-tools lab-bins
+	go test -tags e2e -count=1 -v -timeout 80m ./test/e2e/...
+
+# Everything: unit tests (with real ipsets/iptables in fresh network
+# namespaces), then the end-to-end suite in the lab.
+test: lab-deps lab-tools lab-bins
+	go test -race -count=1 ./...
+	go test -tags e2e -count=1 -v -timeout 80m ./test/e2e/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
