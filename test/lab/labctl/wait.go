@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,33 +103,60 @@ func (c Config) PodIPNames(ctx context.Context, ns, selector string) (map[string
 	return m, nil
 }
 
-// IPVSRealServers returns the real server addresses (IP only) of one
-// virtual server in a node's IPVS table, from `ipvsadm -Sn`.
-func (c Config) IPVSRealServers(ctx context.Context, node, proto, vip string) ([]string, bool, error) {
+// RealServer is one destination of a virtual server in a node's IPVS table.
+type RealServer struct {
+	Addr   netip.AddrPort
+	Weight int
+}
+
+// IPVSVirtualServer reads one virtual server (proto TCP, UDP or SCTP; vip
+// "ADDR:PORT") from a node's `ipvsadm -Sn`. found is false when it is absent.
+func (c Config) IPVSVirtualServer(ctx context.Context, node, proto, vip string) (rs []RealServer, found bool, err error) {
 	out, err := c.Output(ctx, node, "ipvsadm", "-Sn")
 	if err != nil {
 		return nil, false, err
 	}
 	flag := map[string]string{"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}[proto]
-	found := false
-	var rs []string
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 3 && f[0] == "-A" && f[1] == flag && f[2] == vip {
 			found = true
 		}
 		if len(f) >= 5 && f[0] == "-a" && f[1] == flag && f[2] == vip && f[3] == "-r" {
-			if ap, err := netip.ParseAddrPort(f[4]); err == nil {
-				rs = append(rs, ap.Addr().String())
+			ap, err := netip.ParseAddrPort(f[4])
+			if err != nil {
+				continue
 			}
+			r := RealServer{Addr: ap}
+			for i := 5; i+1 < len(f); i++ {
+				if f[i] == "-w" {
+					r.Weight, _ = strconv.Atoi(f[i+1])
+				}
+			}
+			rs = append(rs, r)
 		}
 	}
-	sort.Strings(rs)
 	return rs, found, nil
 }
 
+// IPVSRealServers returns the IPs of the real servers that take new
+// connections (weight > 0) of a node's virtual server; weight-0 ones are
+// draining after a removal.
+func (c Config) IPVSRealServers(ctx context.Context, node, proto, vip string) ([]string, bool, error) {
+	all, found, err := c.IPVSVirtualServer(ctx, node, proto, vip)
+	var ips []string
+	for _, r := range all {
+		if r.Weight > 0 {
+			ips = append(ips, r.Addr.Addr().String())
+		}
+	}
+	sort.Strings(ips)
+	return ips, found, err
+}
+
 // WaitIPVSRealServers waits until a node's virtual server has exactly the
-// given real servers (IPs); want nil means the virtual server must be gone.
+// given real servers (IPs) taking new connections; want nil means the
+// virtual server must be gone.
 func (c Config) WaitIPVSRealServers(ctx context.Context, node, proto, vip string, want []string, timeout time.Duration) error {
 	want = append([]string(nil), want...)
 	sort.Strings(want)
