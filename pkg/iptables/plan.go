@@ -1,0 +1,401 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
+)
+
+// Config is what the planner needs besides the snapshot.
+type Config struct {
+	// Families to program, e.g. {IPv4} or {IPv4, IPv6}.
+	Families []Family
+	// ClusterCIDRs is the pod network. Traffic to a cluster IP from outside
+	// it is masqueraded. Like upstream's --cluster-cidr, one prefix per
+	// family is used (the first); without one, upstream's fallback applies
+	// (masquerade node-originated traffic whose source is a service IP).
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to cluster IPs.
+	MasqueradeAll bool
+	// MasqueradeMark is the fwmark bit for "needs SNAT"; 0 means
+	// DefaultMasqueradeMark (0x4000).
+	MasqueradeMark uint32
+	// NodePortAddresses limits the addresses NodePorts answer on (only the
+	// SCTP set lists addresses). No prefix of a family, or a zero-length
+	// one, means all of LocalAddresses.
+	NodePortAddresses []netip.Prefix
+	// LocalAddresses are the addresses on the host's interfaces other than
+	// kube-ipvs0. NodePort addresses are picked from them, and external or
+	// load-balancer IPs found among them are not added to KUBE-IPVS-IPS
+	// (they are not bound to kube-ipvs0).
+	LocalAddresses []netip.Addr
+	// NodeIPs are the node's primary IPs (one per family). A load balancer
+	// source range containing it lets the node reach the load balancer IP.
+	// When a family has none, the snapshot's node addresses are used.
+	NodeIPs []netip.Addr
+}
+
+// Desired is everything the applier makes true: per family, the content of
+// every ipset and every chain, and the jumps into them.
+type Desired struct {
+	Families []*FamilyPlan
+	// Problems lists input that was skipped, with the reason.
+	Problems []string
+}
+
+// FamilyPlan is the desired state of one IP family.
+type FamilyPlan struct {
+	Family Family
+	Sets   []SetPlan // every set of the family, in creation order
+	Chains []Chain   // every chain we own, nat first, each complete
+	Jumps  []Jump
+}
+
+// SetPlan is one set with its complete, sorted content.
+type SetPlan struct {
+	Spec    SetSpec
+	Entries []Entry
+}
+
+// Set returns the plan of the set with the given upstream (IPv4) name.
+func (p *FamilyPlan) Set(base string) *SetPlan {
+	name := setName(base, p.Family)
+	for i := range p.Sets {
+		if p.Sets[i].Spec.Name == name {
+			return &p.Sets[i]
+		}
+	}
+	return nil
+}
+
+// Chain returns the plan of one chain, or nil.
+func (p *FamilyPlan) Chain(table Table, name string) *Chain {
+	for i := range p.Chains {
+		if p.Chains[i].Table == table && p.Chains[i].Name == name {
+			return &p.Chains[i]
+		}
+	}
+	return nil
+}
+
+// Plan computes the desired ipsets and chains. It is pure: same input, same
+// output, no system access. Invalid input is skipped and reported in
+// Desired.Problems.
+func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
+	d := &Desired{}
+	if snap == nil {
+		snap = &servicecache.Snapshot{}
+	}
+	if len(cfg.Families) == 0 {
+		d.Problems = append(d.Problems, "no IP family configured: nothing planned")
+	}
+	seen := map[Family]bool{}
+	for _, f := range cfg.Families {
+		if (f != IPv4 && f != IPv6) || seen[f] {
+			d.Problems = append(d.Problems, fmt.Sprintf("family %v: unknown or repeated, ignored", f))
+			continue
+		}
+		seen[f] = true
+		b := newFamilyBuilder(f, snap, &cfg, &d.Problems)
+		for _, svc := range snap.Services {
+			if svc == nil {
+				continue
+			}
+			for i := range svc.Ports {
+				b.servicePort(svc, &svc.Ports[i])
+			}
+		}
+		d.Families = append(d.Families, b.plan())
+	}
+	return d
+}
+
+// familyBuilder collects one family's set entries while walking services.
+type familyBuilder struct {
+	f        Family
+	cfg      *Config
+	problems *[]string
+
+	nodeName    string
+	nodeIP      netip.Addr          // for load balancer source ranges
+	nodePortIPs []netip.Addr        // addresses NodePorts answer on
+	local       map[netip.Addr]bool // addresses not bound to kube-ipvs0
+	clusterCIDR netip.Prefix        // invalid when none for the family
+	mark        uint32
+
+	entries map[string]map[Entry]struct{} // by upstream set name
+	// outFilter holds KUBE-IPVS-OUT-FILTER rules (load balancers the node
+	// itself may not reach), deduplicated, in service order.
+	outFilter     []Rule
+	outFilterSeen map[string]bool
+}
+
+func newFamilyBuilder(f Family, snap *servicecache.Snapshot, cfg *Config, problems *[]string) *familyBuilder {
+	b := &familyBuilder{
+		f:             f,
+		cfg:           cfg,
+		problems:      problems,
+		nodeName:      snap.Node.Name,
+		local:         map[netip.Addr]bool{},
+		mark:          cfg.MasqueradeMark,
+		entries:       map[string]map[Entry]struct{}{},
+		outFilterSeen: map[string]bool{},
+	}
+	if b.mark == 0 {
+		b.mark = DefaultMasqueradeMark
+	}
+	for _, p := range cfg.ClusterCIDRs {
+		if !f.HasPrefix(p) {
+			continue
+		}
+		if b.clusterCIDR.IsValid() {
+			b.problemf("cluster CIDR %s: only one per family is used (%s)", p, b.clusterCIDR)
+			continue
+		}
+		b.clusterCIDR = p.Masked()
+	}
+	b.nodeIP = firstOf(f, cfg.NodeIPs)
+	if !b.nodeIP.IsValid() {
+		b.nodeIP = firstOf(f, snap.Node.Addresses)
+	}
+	for _, a := range cfg.LocalAddresses {
+		if f.Has(a) {
+			b.local[a] = true
+		}
+	}
+	b.nodePortIPs = nodePortIPs(f, cfg.NodePortAddresses, cfg.LocalAddresses)
+	return b
+}
+
+func firstOf(f Family, addrs []netip.Addr) netip.Addr {
+	for _, a := range addrs {
+		if f.Has(a) {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// nodePortIPs mirrors upstream: with no restriction, every local address
+// but loopback (and IPv6 link-local); otherwise the non-loopback local
+// addresses inside the given prefixes.
+func nodePortIPs(f Family, allowed []netip.Prefix, local []netip.Addr) []netip.Addr {
+	var prefixes []netip.Prefix
+	matchAll := true
+	for _, p := range allowed {
+		if !f.HasPrefix(p) {
+			continue
+		}
+		if p.Bits() == 0 {
+			prefixes, matchAll = nil, true
+			break
+		}
+		prefixes, matchAll = append(prefixes, p), false
+	}
+	var out []netip.Addr
+	for _, a := range local {
+		if !f.Has(a) || a.IsLoopback() {
+			continue
+		}
+		if matchAll {
+			if a.IsLinkLocalUnicast() {
+				continue
+			}
+		} else if !slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			continue
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+func (b *familyBuilder) problemf(format string, args ...any) {
+	*b.problems = append(*b.problems, b.f.String()+": "+fmt.Sprintf(format, args...))
+}
+
+// add records e in the family's variant of an upstream set.
+func (b *familyBuilder) add(base string, e Entry) {
+	m := b.entries[base]
+	if m == nil {
+		m = map[Entry]struct{}{}
+		b.entries[base] = m
+	}
+	m[e] = struct{}{}
+}
+
+func (b *familyBuilder) nonEmpty(base string) bool { return len(b.entries[base]) > 0 }
+
+// servicePort records the entries of one service port, as upstream's
+// syncProxyRules does for each svcPort of the family.
+func (b *familyBuilder) servicePort(svc *servicecache.Service, sp *servicecache.ServicePort) {
+	clusterIP := firstOf(b.f, svc.ClusterIPs)
+	if !clusterIP.IsValid() {
+		return // the service has no cluster IP of this family: not ours here
+	}
+	proto, ok := parseProto(string(sp.Protocol))
+	if !ok {
+		b.problemf("%s port %q: unsupported protocol %q", svc.Key, sp.Name, sp.Protocol)
+		return
+	}
+	if sp.Port == 0 {
+		b.problemf("%s port %q: port 0", svc.Key, sp.Name)
+		return
+	}
+	b.loopback(sp, proto)
+	b.clusterIP(clusterIP, sp, proto)
+	b.externalIPs(svc, sp, proto)
+	b.loadBalancerIPs(svc, sp, proto)
+	b.nodePort(svc, sp, proto)
+	if svc.HealthCheckNodePort != 0 {
+		b.add(setHealthCheckNodePort, Entry{Port: svc.HealthCheckNodePort})
+	}
+}
+
+// loopback: a local endpoint reaching its own service gets masqueraded so
+// the reply comes back through IPVS (hairpin).
+func (b *familyBuilder) loopback(sp *servicecache.ServicePort, proto Proto) {
+	if b.nodeName == "" {
+		return
+	}
+	for _, ep := range sp.Endpoints {
+		if ep.NodeName != b.nodeName || !b.f.Has(ep.Addr) || ep.Port == 0 {
+			continue
+		}
+		b.add(setLoopBack, Entry{IP: ep.Addr, Proto: proto, Port: ep.Port, IP2: ep.Addr})
+	}
+}
+
+func (b *familyBuilder) clusterIP(ip netip.Addr, sp *servicecache.ServicePort, proto Proto) {
+	b.add(setClusterIP, Entry{IP: ip, Proto: proto, Port: sp.Port})
+	b.add(setIPVSIPs, Entry{IP: ip})
+}
+
+func (b *familyBuilder) externalIPs(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
+	for _, ip := range svc.ExternalIPs {
+		if !b.f.Has(ip) {
+			continue
+		}
+		e := Entry{IP: ip, Proto: proto, Port: sp.Port}
+		if svc.ExternalPolicyLocal {
+			b.add(setExternalIPLocal, e)
+		} else {
+			b.add(setExternalIP, e) // SNAT, since any endpoint may be used
+		}
+		b.bind(ip)
+	}
+}
+
+// bind records an address IPVS will bind to kube-ipvs0: all but those
+// already on another interface.
+func (b *familyBuilder) bind(ip netip.Addr) {
+	if !b.local[ip] {
+		b.add(setIPVSIPs, Entry{IP: ip})
+	}
+}
+
+func (b *familyBuilder) loadBalancerIPs(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
+	ranges := b.sourceRanges(svc)
+	for _, ip := range svc.LoadBalancerIPs {
+		if !b.f.Has(ip) {
+			continue
+		}
+		e := Entry{IP: ip, Proto: proto, Port: sp.Port}
+		b.add(setLoadBalancer, e)
+		if svc.ExternalPolicyLocal {
+			b.add(setLoadBalancerLocal, e)
+		}
+		if len(ranges) > 0 {
+			b.add(setLoadBalancerFW, e)
+			allowFromNode := false
+			for _, r := range ranges {
+				b.add(setLoadBalancerSrcCIDR, Entry{IP: ip, Proto: proto, Port: sp.Port, Net: r})
+				if b.nodeIP.IsValid() && r.Contains(b.nodeIP) {
+					allowFromNode = true
+				}
+			}
+			if allowFromNode {
+				// IPVS traffic from the node carries the VIP as source.
+				b.add(setLoadBalancerSourceIP, Entry{IP: ip, Proto: proto, Port: sp.Port, IP2: ip})
+			} else {
+				b.denyFromNode(e)
+			}
+		}
+		b.bind(ip)
+	}
+}
+
+// sourceRanges returns the family's loadBalancerSourceRanges; like
+// upstream, a zero-length prefix means "allow all", i.e. no filtering.
+func (b *familyBuilder) sourceRanges(svc *servicecache.Service) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range svc.LoadBalancerSourceRanges {
+		if !b.f.HasPrefix(r) {
+			continue
+		}
+		if r.Bits() == 0 {
+			return nil
+		}
+		out = append(out, r.Masked())
+	}
+	return out
+}
+
+// denyFromNode drops node-originated traffic to a load balancer whose source
+// ranges exclude the node (upstream issue 119656). With IPVS both the source
+// and the virtual address are the VIP.
+func (b *familyBuilder) denyFromNode(e Entry) {
+	host := netip.PrefixFrom(e.IP, e.IP.BitLen()).String()
+	r := Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)), "--vaddr", host,
+		"--vport", fmt.Sprint(e.Port), "-j", "DROP"}
+	key := fmt.Sprint([]string(r))
+	if !b.outFilterSeen[key] {
+		b.outFilterSeen[key] = true
+		b.outFilter = append(b.outFilter, r)
+	}
+}
+
+func (b *familyBuilder) nodePort(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
+	if sp.NodePort == 0 || len(b.nodePortIPs) == 0 {
+		return // upstream skips NodePorts when no node address qualifies
+	}
+	var set, localSet string
+	var entries []Entry
+	switch proto {
+	case ProtoTCP:
+		set, localSet = setNodePortTCP, setNodePortLocalTCP
+		entries = []Entry{{Port: sp.NodePort}}
+	case ProtoUDP:
+		set, localSet = setNodePortUDP, setNodePortLocalUDP
+		entries = []Entry{{Port: sp.NodePort}}
+	case ProtoSCTP:
+		// bitmap:port cannot tell SCTP from TCP, hence hash:ip,port.
+		set, localSet = setNodePortSCTP, setNodePortLocalSCTP
+		for _, ip := range b.nodePortIPs {
+			entries = append(entries, Entry{IP: ip, Proto: ProtoSCTP, Port: sp.NodePort})
+		}
+	}
+	for _, e := range entries {
+		b.add(set, e)
+		if svc.ExternalPolicyLocal {
+			b.add(localSet, e)
+		}
+	}
+}
+
+// plan freezes the collected entries and derives the chains.
+func (b *familyBuilder) plan() *FamilyPlan {
+	p := &FamilyPlan{Family: b.f, Jumps: slices.Clone(Jumps)}
+	for i, spec := range SetSpecs(b.f) {
+		sp := SetPlan{Spec: spec}
+		for e := range b.entries[setSkeleton[i].name] {
+			sp.Entries = append(sp.Entries, e)
+		}
+		slices.SortFunc(sp.Entries, compareEntries)
+		p.Sets = append(p.Sets, sp)
+	}
+	p.Chains = b.chains()
+	return p
+}

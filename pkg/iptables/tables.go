@@ -1,0 +1,198 @@
+package iptables
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	goiptables "github.com/coreos/go-iptables/iptables"
+)
+
+// Tables manages our chains in one family's iptables (iptables or
+// ip6tables). Implementations refuse chains that are not ours (OwnsChain)
+// and jumps from anything but a built-in chain.
+type Tables interface {
+	// ListTable returns, for one table, the rules of each of our chains
+	// that exists and of each built-in chain (where jumps live):
+	// `iptables -t TABLE -S`, one call for the whole table. A chain
+	// missing from the map does not exist.
+	ListTable(table Table) (map[string][]Rule, error)
+	// ReplaceChains sets the complete content of the given chains,
+	// creating missing ones, in one `iptables-restore --noflush` call:
+	// atomic per table, and chains not listed are left alone.
+	ReplaceChains(chains []Chain) error
+	// InsertJump puts the jump at the top of its built-in chain, as
+	// upstream's EnsureRule(Prepend) does when the rule is missing:
+	//   iptables -t nat -I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+	InsertJump(j Jump) error
+	// DeleteJump removes the jump (iptables -D); it must be present.
+	DeleteJump(j Jump) error
+	// DeleteChains flushes all the given chains, then deletes them, in
+	// one iptables-restore; missing chains are fine.
+	DeleteChains(table Table, chains []string) error
+}
+
+func checkOwnedChain(table Table, chain string) error {
+	if !OwnsChain(table, chain) {
+		return fmt.Errorf("refusing to touch chain %s in table %s: not one of ours", chain, table)
+	}
+	return nil
+}
+
+func checkJump(j Jump) error {
+	if !builtinChains[j.Table][j.From] {
+		return fmt.Errorf("jump to %s: %s is not a built-in chain of table %s", j.To, j.From, j.Table)
+	}
+	return checkOwnedChain(j.Table, j.To)
+}
+
+// Backend picks the iptables variant. Debian-style systems have both and an
+// `iptables` alternative pointing at one; kube-proxy must use the same one
+// as the rest of the node (kubelet, CNI).
+type Backend string
+
+const (
+	BackendDefault Backend = ""       // iptables / ip6tables from PATH
+	BackendNFT     Backend = "nft"    // iptables-nft / ip6tables-nft
+	BackendLegacy  Backend = "legacy" // iptables-legacy / ip6tables-legacy
+)
+
+// IptablesTables is the real Tables: single-rule and cleanup commands
+// through go-iptables (which takes the xtables lock with --wait), whole
+// chains through iptables-restore --noflush, and listing through one
+// `iptables -S` per table. Listing chain by chain would cost a process per
+// chain, and iptables-nft 1.8.9 reports a missing chain as "incompatible",
+// which cannot be told apart from a real problem.
+type IptablesTables struct {
+	family      Family
+	ipt         *goiptables.IPTables
+	path        string // iptables binary, for listing
+	restorePath string
+}
+
+var _ Tables = (*IptablesTables)(nil)
+
+// NewIptablesTables finds the family's iptables and iptables-restore
+// binaries for the backend.
+func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
+	name := "iptables"
+	proto := goiptables.ProtocolIPv4
+	if f == IPv6 {
+		name, proto = "ip6tables", goiptables.ProtocolIPv6
+	}
+	if backend != BackendDefault {
+		name += "-" + string(backend)
+	}
+	ipt, err := goiptables.New(goiptables.IPFamily(proto), goiptables.Path(name))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	found, err := exec.LookPath(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	// The restore binary sits next to the one found, so both talk to the
+	// same backend (iptables-nft -> iptables-nft-restore).
+	restore := filepath.Join(filepath.Dir(found), filepath.Base(found)+"-restore")
+	if _, err := exec.LookPath(restore); err != nil {
+		return nil, fmt.Errorf("%s has no %s: %w", found, filepath.Base(restore), err)
+	}
+	return &IptablesTables{family: f, ipt: ipt, path: found, restorePath: restore}, nil
+}
+
+// ListTable: iptables -t TABLE -S --wait
+func (t *IptablesTables) ListTable(table Table) (map[string][]Rule, error) {
+	if _, ok := builtinChains[table]; !ok {
+		return nil, fmt.Errorf("unknown table %q", table)
+	}
+	cmd := exec.Command(t.path, "-t", string(table), "-S", "--wait")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s -t %s -S: %w: %s", filepath.Base(t.path), table, err, strings.TrimSpace(stderr.String()))
+	}
+	chains, err := parseTableListing(strings.Split(stdout.String(), "\n"), func(c string) bool {
+		return OwnsChain(table, c) || builtinChains[table][c]
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s -t %s -S: %w", filepath.Base(t.path), table, err)
+	}
+	return chains, nil
+}
+
+// ReplaceChains: iptables-restore --noflush --wait, with input like
+//
+//	*nat
+//	:KUBE-SERVICES - [0:0]
+//	-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN
+//	COMMIT
+func (t *IptablesTables) ReplaceChains(chains []Chain) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	for _, c := range chains {
+		if err := checkOwnedChain(c.Table, c.Name); err != nil {
+			return err
+		}
+	}
+	return t.restore(restoreInput(chains))
+}
+
+func (t *IptablesTables) restore(input string) error {
+	cmd := exec.Command(t.restorePath, "--noflush", "--wait")
+	cmd.Stdin = strings.NewReader(input)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", filepath.Base(t.restorePath), err,
+			strings.TrimSpace(out.String()), input)
+	}
+	return nil
+}
+
+// InsertJump: iptables -t TABLE -I CHAIN 1 RULE
+func (t *IptablesTables) InsertJump(j Jump) error {
+	if err := checkJump(j); err != nil {
+		return err
+	}
+	if err := t.ipt.Insert(string(j.Table), j.From, 1, j.Rule()...); err != nil {
+		return fmt.Errorf("inserting jump %s -> %s: %w", j.From, j.To, err)
+	}
+	return nil
+}
+
+// DeleteJump: iptables -t TABLE -D CHAIN RULE
+func (t *IptablesTables) DeleteJump(j Jump) error {
+	if err := checkJump(j); err != nil {
+		return err
+	}
+	if err := t.ipt.Delete(string(j.Table), j.From, j.Rule()...); err != nil {
+		return fmt.Errorf("deleting jump %s -> %s: %w", j.From, j.To, err)
+	}
+	return nil
+}
+
+// DeleteChains: one iptables-restore --noflush that declares (so creates
+// or flushes) every chain, then deletes each with -X. Flushing all first
+// drops references between our chains; a missing chain is simply created
+// and deleted. Jumps into the chains must be gone already.
+func (t *IptablesTables) DeleteChains(table Table, chains []string) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	var sb strings.Builder
+	sb.WriteString("*" + string(table) + "\n")
+	for _, c := range chains {
+		if err := checkOwnedChain(table, c); err != nil {
+			return err
+		}
+		sb.WriteString(":" + c + " - [0:0]\n")
+	}
+	for _, c := range chains {
+		sb.WriteString("-X " + c + "\n")
+	}
+	sb.WriteString("COMMIT\n")
+	return t.restore(sb.String())
+}
