@@ -218,8 +218,10 @@ func (c *Cache) WaitForCacheSync(ctx context.Context) bool {
 func (c *Cache) HasSynced() bool { return c.isSynced.Load() }
 
 // OnChange registers f to be called after every relevant change, once the
-// cache has synced (and once right after syncing). f runs on an informer
-// goroutine and must not block; usually it pokes a coalescing trigger.
+// cache has synced (and once right after syncing). f runs on informer
+// goroutines, possibly concurrently, and must not block; usually it pokes a
+// coalescing trigger. Some calls announce events that turn out to change
+// nothing (Snapshot's Changed is then empty).
 func (c *Cache) OnChange(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -352,8 +354,9 @@ func (c *Cache) onNode(obj any, deleted bool) {
 // Snapshot returns the current state, or nil before the cache has synced.
 // Only the Services marked dirty since the previous call are rebuilt;
 // unchanged ones keep their *Service from the previous snapshot, and
-// Changed lists the keys whose value differs from it. The result must not
-// be modified.
+// Changed lists the keys whose value differs from it (every Service on the
+// first call). The result must not be modified. Safe to call concurrently
+// with event handling; concurrent Snapshot calls are serialised.
 func (c *Cache) Snapshot() *Snapshot {
 	if !c.isSynced.Load() {
 		return nil

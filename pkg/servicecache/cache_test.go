@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2/ktesting"
 )
 
 const waitFor = 10 * time.Second
@@ -41,7 +42,9 @@ type harness struct {
 func newHarness(t *testing.T, objs ...runtime.Object) *harness {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	c, err := New(client, "n1")
+	// V(4) so the skip and drop logging paths run; output goes to t.Log.
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(4)))
+	c, err := New(client, "n1", WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +56,7 @@ func newHarness(t *testing.T, objs ...runtime.Object) *harness {
 	c.Start(ctx)
 	wctx, wcancel := context.WithTimeout(ctx, waitFor)
 	defer wcancel()
-	if !c.WaitForCacheSync(wctx) {
+	if !c.WaitForCacheSync(wctx) || !c.HasSynced() {
 		t.Fatal("cache did not sync")
 	}
 	return &harness{t: t, ctx: ctx, client: client, c: c, changed: map[ServiceKey]bool{}}

@@ -31,7 +31,8 @@ const (
 // ConvertService converts svc to a *Service without endpoints (see
 // MergeEndpointSlices). When svc is not proxied it returns nil and a
 // non-empty skip reason. notes lists the parts of svc that were dropped (an
-// invalid IP, port 0, ...) and why, for logging at V(4). svc is not modified.
+// invalid IP, port 0, an external or load-balancer IP of a family without a
+// cluster IP, ...) and why, for logging at V(4). svc is not modified.
 func ConvertService(svc *v1.Service) (out *Service, skip string, notes []string) {
 	if svc == nil {
 		return nil, SkipNil, nil
@@ -205,11 +206,10 @@ func convertPolicies(svc *v1.Service, s *Service, notes []string) []string {
 		}
 	}
 
-	// As upstream's ExternalPolicyLocal: the policy only applies to
-	// externally accessible Services (the API server rejects it on others).
-	external := svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer ||
-		len(svc.Spec.ExternalIPs) > 0
-	s.ExternalPolicyLocal = external && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	// Kept as written: API validation only accepts Local on externally
+	// accessible Services (NodePort, LoadBalancer, or with externalIPs),
+	// which are the only ones where the planner applies it.
+	s.ExternalPolicyLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	s.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil &&
 		*svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 

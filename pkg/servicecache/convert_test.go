@@ -169,7 +169,7 @@ func TestConvertService(t *testing.T) {
 			notes: []string{`invalid IP "x"`, "externalIP 2001:db8::5 dropped: no IPv6 cluster IP"},
 		},
 		{
-			name: "explicit affinity timeout; Local policy without external access is ignored",
+			name: "explicit affinity timeout; Local policy kept as written",
 			svc: svcObj("ns", "a", func(s *v1.Service) {
 				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptrTo(int32(60))}}
@@ -177,7 +177,7 @@ func TestConvertService(t *testing.T) {
 				s.Annotations = map[string]string{"example.com/other": "x"}
 			}),
 			want: `
-				service ns/a ClusterIP ips=10.0.0.1 affinity=60
+				service ns/a ClusterIP ips=10.0.0.1 affinity=60 etp=Local
 				  port "http"/TCP 80`,
 		},
 	}

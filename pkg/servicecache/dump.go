@@ -48,7 +48,11 @@ func (s *Service) Dump() string {
 		return "<nil service>\n"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "service %s %s ips=%s", s.Key, s.Type, joinAddrs(s.ClusterIPs))
+	typ := string(s.Type)
+	if typ == "" {
+		typ = "-"
+	}
+	fmt.Fprintf(&b, "service %s %s ips=%s", s.Key, typ, joinAddrs(s.ClusterIPs))
 	opt(&b, "externalIPs", joinAddrs(s.ExternalIPs))
 	opt(&b, "lbIPs", joinAddrs(s.LoadBalancerIPs))
 	opt(&b, "sourceRanges", joinPrefixes(s.LoadBalancerSourceRanges))
