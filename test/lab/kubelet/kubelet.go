@@ -1,0 +1,272 @@
+package kubelet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Config is one node's kubelet.
+type Config struct {
+	NodeName   string // the Node object and spec.nodeName to serve
+	PodCIDR    string // e.g. 10.244.1.0/24
+	NodeNetns  string // the node's network namespace, e.g. node1
+	EchoBinary string // run for containers without a command
+	StateDir   string // see the package doc
+	// TeardownOnExit tears every pod down when Run returns; otherwise pods
+	// keep running and the next run cleans them up.
+	TeardownOnExit bool
+	// KillWait is the time between SIGTERM and SIGKILL (default 2s).
+	KillWait time.Duration
+	// Logger receives one line per pod lifecycle step (default: stderr).
+	Logger *log.Logger
+}
+
+// Kubelet runs the pods bound to one node.
+type Kubelet struct {
+	cfg     Config
+	client  kubernetes.Interface
+	log     *log.Logger
+	ip      ipCmd
+	alloc   *Allocator
+	records *recordStore
+
+	hostMu sync.Mutex
+	hostIP string
+
+	mu      sync.Mutex
+	ctx     context.Context
+	workers map[types.UID]*podWorker
+	wg      sync.WaitGroup
+}
+
+// New checks the configuration and the host (the ip command).
+func New(client kubernetes.Interface, cfg Config) (*Kubelet, error) {
+	if cfg.NodeName == "" || cfg.NodeNetns == "" || cfg.EchoBinary == "" || cfg.StateDir == "" {
+		return nil, errors.New("node name, node netns, echo binary and state dir are required")
+	}
+	if cfg.KillWait <= 0 {
+		cfg.KillWait = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
+	}
+	alloc, err := NewAllocator(cfg.PodCIDR)
+	if err != nil {
+		return nil, err
+	}
+	if !alloc.Prefix().Addr().Is4() {
+		return nil, fmt.Errorf("pod CIDR %s: only IPv4 pod CIDRs are supported", cfg.PodCIDR)
+	}
+	ip, err := findIP()
+	if err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(cfg.EchoBinary); err != nil || st.IsDir() {
+		return nil, fmt.Errorf("echo binary %q: not a file", cfg.EchoBinary)
+	}
+	records, err := newRecordStore(cfg.StateDir, cfg.NodeName)
+	if err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	return &Kubelet{
+		cfg: cfg, client: client, log: cfg.Logger, ip: ip, alloc: alloc,
+		records: records, workers: map[types.UID]*podWorker{},
+	}, nil
+}
+
+// HostIP is the node's InternalIP, "" until the Node object was read.
+func (k *Kubelet) HostIP() string {
+	k.hostMu.Lock()
+	defer k.hostMu.Unlock()
+	return k.hostIP
+}
+
+// Run serves pods until ctx ends, then stops (tearing pods down only with
+// TeardownOnExit) and returns.
+func (k *Kubelet) Run(ctx context.Context) error {
+	if !netnsExists(k.cfg.NodeNetns) {
+		return fmt.Errorf("node network namespace %q does not exist (create it before starting the kubelet)", k.cfg.NodeNetns)
+	}
+	if err := enableForwarding(k.cfg.NodeNetns); err != nil {
+		return fmt.Errorf("enabling IPv4 forwarding in %s: %w", k.cfg.NodeNetns, err)
+	}
+	k.mu.Lock()
+	k.ctx = ctx
+	k.mu.Unlock()
+
+	factory := informers.NewSharedInformerFactoryWithOptions(k.client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", k.cfg.NodeName).String()
+		}))
+	podInformer := factory.Core().V1().Pods().Informer()
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	k.log.Printf("kubelet for node %s: pod CIDR %s, node netns %s, state %s; waiting for the pod list",
+		k.cfg.NodeName, k.alloc.Prefix(), k.cfg.NodeNetns, k.cfg.StateDir)
+	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced) {
+		return ctx.Err()
+	}
+	k.cleanupPrevious(podInformer.GetStore().List())
+
+	go k.watchHostIP(ctx)
+	reg, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { k.onPod(obj) },
+		UpdateFunc: func(_, obj any) { k.onPod(obj) },
+		DeleteFunc: func(obj any) { k.onDelete(obj) },
+	})
+	if err != nil {
+		return err
+	}
+	k.log.Printf("kubelet for node %s: running", k.cfg.NodeName)
+	<-ctx.Done()
+	_ = podInformer.RemoveEventHandler(reg)
+	k.log.Printf("kubelet for node %s: stopping (teardown of pods: %v)", k.cfg.NodeName, k.cfg.TeardownOnExit)
+	k.wg.Wait()
+	return nil
+}
+
+// cleanupPrevious removes what an earlier run of this kubelet left: every
+// recorded pod namespace is torn down (its processes killed), and pods that
+// still exist keep their IP when they are set up again.
+func (k *Kubelet) cleanupPrevious(objs []any) {
+	known := map[types.UID]*v1.Pod{}
+	for _, o := range objs {
+		if p, ok := o.(*v1.Pod); ok && p.Spec.NodeName == k.cfg.NodeName {
+			known[p.UID] = p
+		}
+	}
+	recs, errs := k.records.load()
+	for _, err := range errs {
+		k.log.Printf("state: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, r := range recs {
+		netw := podNetwork{NodeNetns: k.cfg.NodeNetns, Netns: r.Netns, Veth: r.Veth}
+		netw.IP, _ = netip.ParseAddr(r.IP)
+		if err := k.ip.teardown(ctx, netw); err != nil {
+			k.log.Printf("leftover %s of pod %s/%s: teardown failed: %v", r.Netns, r.Namespace, r.Name, err)
+			continue
+		}
+		_ = k.records.remove(r.Netns)
+		if p, ok := known[r.UID]; ok && netw.IP.IsValid() {
+			if err := k.alloc.Reserve(string(p.UID), netw.IP); err == nil {
+				k.log.Printf("leftover %s of pod %s/%s removed; the pod will be set up again with %s", r.Netns, r.Namespace, r.Name, netw.IP)
+				continue
+			}
+		}
+		if r.Namespace != "" && r.Name != "" && !knownName(known, r.Namespace, r.Name) {
+			_ = os.RemoveAll(podControlDir(k.cfg.StateDir, r.Namespace, r.Name))
+		}
+		k.log.Printf("leftover %s of pod %s/%s (%s) removed", r.Netns, r.Namespace, r.Name, r.IP)
+	}
+	// Pods whose records are lost keep the IP they have in the API.
+	for uid, p := range known {
+		if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && k.alloc.Prefix().Contains(ip) {
+			_ = k.alloc.Reserve(string(uid), ip)
+		}
+	}
+}
+
+// knownName says whether a current pod has this name (a same-named
+// successor whose control directory must be kept).
+func knownName(known map[types.UID]*v1.Pod, namespace, name string) bool {
+	for _, p := range known {
+		if p.Namespace == namespace && p.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// watchHostIP reads the node's InternalIP for status.hostIP, retrying
+// until the Node exists.
+func (k *Kubelet) watchHostIP(ctx context.Context) {
+	warned := false
+	for {
+		node, err := k.client.CoreV1().Nodes().Get(ctx, k.cfg.NodeName, metav1.GetOptions{})
+		if err == nil {
+			for _, a := range node.Status.Addresses {
+				if a.Type == v1.NodeInternalIP && a.Address != "" {
+					k.hostMu.Lock()
+					k.hostIP = a.Address
+					k.hostMu.Unlock()
+					k.log.Printf("node %s InternalIP %s", k.cfg.NodeName, a.Address)
+					return
+				}
+			}
+			err = errors.New("node has no InternalIP")
+		}
+		if !warned && ctx.Err() == nil {
+			k.log.Printf("node %s: %v (retrying; pods have no hostIP meanwhile)", k.cfg.NodeName, err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func (k *Kubelet) onPod(obj any) {
+	pod, ok := obj.(*v1.Pod)
+	// The API filters by node already; fakes and old objects may not.
+	if !ok || pod.Spec.NodeName != k.cfg.NodeName {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	w := k.workers[pod.UID]
+	if w == nil {
+		if k.ctx.Err() != nil || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+			return
+		}
+		if len(pod.Spec.Containers) == 0 {
+			k.log.Printf("pod %s/%s has no containers; ignoring it", pod.Namespace, pod.Name)
+			return
+		}
+		if pod.Spec.HostNetwork {
+			k.log.Printf("pod %s/%s asks for hostNetwork, which the lab kubelet does not do; giving it a pod network", pod.Namespace, pod.Name)
+		}
+		w = newPodWorker(k, pod)
+		k.workers[pod.UID] = w
+		k.wg.Add(1)
+		go func() {
+			defer k.wg.Done()
+			w.run(k.ctx)
+		}()
+	}
+	w.update(pod)
+}
+
+func (k *Kubelet) onDelete(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	k.mu.Lock()
+	w := k.workers[pod.UID]
+	delete(k.workers, pod.UID)
+	k.mu.Unlock()
+	if w != nil {
+		w.deleted()
+	}
+}
