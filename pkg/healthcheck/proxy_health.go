@@ -1,0 +1,221 @@
+// Package healthcheck is the proxy's health server: /healthz and /livez on
+// --healthz-bind-address, with kube-proxy's semantics and JSON body so that
+// probes, load balancers and tooling written for kube-proxy keep working.
+package healthcheck
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	basemetrics "k8s.io/component-base/metrics"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
+)
+
+// ToBeDeletedTaint is the taint the Cluster Autoscaler puts on a node it is
+// about to delete; /healthz fails on such a node so that cloud load
+// balancers drain it first.
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// ProxierHealth is the health of the proxier of one IP family.
+type ProxierHealth struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
+// ProxyHealth is the JSON body of /healthz and /livez, identical in shape
+// to kube-proxy's.
+type ProxyHealth struct {
+	// LastUpdated is the latest sync of any family; when healthy it is
+	// reported as the current time, as kube-proxy does for compatibility
+	// with clients that compare it with the clock.
+	LastUpdated time.Time `json:"lastUpdated"`
+	CurrentTime time.Time `json:"currentTime"`
+	// NodeEligible is only set in /healthz responses.
+	NodeEligible *bool `json:"nodeEligible,omitempty"`
+	// Healthy is true when every family is healthy.
+	Healthy bool                          `json:"healthy"`
+	Status  map[v1.IPFamily]ProxierHealth `json:"status,omitempty"`
+}
+
+// ProxyHealthServer tracks sync progress per IP family and serves it.
+//
+// The sync loop calls QueuedUpdate when it learns of a change and Updated
+// when a sync finishes. A family is unhealthy once a queued change has
+// waited healthTimeout without a sync. As in kube-proxy, a family is only
+// judged after its first Updated call, so the sync loop should call Updated
+// once when it starts (kube-proxy does so in SyncLoop).
+type ProxyHealthServer struct {
+	addr          string
+	healthTimeout time.Duration
+	node          func() *v1.Node
+	clock         clock.PassiveClock
+
+	mu          sync.RWMutex
+	lastUpdated map[v1.IPFamily]time.Time
+	// oldestQueued is when the oldest change not yet synced was queued.
+	oldestQueued map[v1.IPFamily]time.Time
+}
+
+// NewProxyHealthServer returns a server for addr ("IP:port"). healthTimeout
+// is kube-proxy's 2x the sync period. node returns the current Node object,
+// or nil while it is unknown; it must be safe for concurrent use. A nil node
+// func means the Node is never known, so /healthz always reports 503.
+func NewProxyHealthServer(addr string, healthTimeout time.Duration, node func() *v1.Node) *ProxyHealthServer {
+	return newProxyHealthServer(addr, healthTimeout, node, clock.RealClock{})
+}
+
+func newProxyHealthServer(addr string, healthTimeout time.Duration, node func() *v1.Node, c clock.PassiveClock) *ProxyHealthServer {
+	return &ProxyHealthServer{
+		addr:          addr,
+		healthTimeout: healthTimeout,
+		node:          node,
+		clock:         c,
+		lastUpdated:   make(map[v1.IPFamily]time.Time),
+		oldestQueued:  make(map[v1.IPFamily]time.Time),
+	}
+}
+
+// Updated records that family's proxier finished a sync and has nothing
+// queued any more.
+func (hs *ProxyHealthServer) Updated(family v1.IPFamily) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	delete(hs.oldestQueued, family)
+	hs.lastUpdated[family] = hs.clock.Now()
+}
+
+// QueuedUpdate records that family's proxier has a change to sync. Only
+// the first call since the last Updated counts: health measures how long
+// the oldest pending change has waited.
+func (hs *ProxyHealthServer) QueuedUpdate(family v1.IPFamily) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if _, pending := hs.oldestQueued[family]; !pending {
+		hs.oldestQueued[family] = hs.clock.Now()
+	}
+}
+
+// Health returns the sync health, without node eligibility.
+func (hs *ProxyHealthServer) Health() ProxyHealth {
+	hs.mu.RLock()
+	defer hs.mu.RUnlock()
+
+	now := hs.clock.Now()
+	health := ProxyHealth{
+		CurrentTime: now,
+		Healthy:     true,
+		Status:      make(map[v1.IPFamily]ProxierHealth, len(hs.lastUpdated)),
+	}
+	for family, last := range hs.lastUpdated {
+		if last.After(health.LastUpdated) {
+			health.LastUpdated = last
+		}
+		healthy := true
+		// A family with nothing queued is healthy however old its last sync.
+		if queued, pending := hs.oldestQueued[family]; pending && now.Sub(queued) >= hs.healthTimeout {
+			healthy = false
+			health.Healthy = false
+		}
+		health.Status[family] = ProxierHealth{LastUpdated: last, Healthy: healthy}
+	}
+	return health
+}
+
+// NodeEligible reports whether this node should receive traffic: its Node
+// object is known, not being deleted and not tainted ToBeDeletedTaint.
+func (hs *ProxyHealthServer) NodeEligible() bool {
+	if hs.node == nil {
+		return false
+	}
+	node := hs.node()
+	if node == nil {
+		return false
+	}
+	if !node.DeletionTimestamp.IsZero() {
+		return false
+	}
+	for _, taint := range node.Spec.Taints {
+		if taint.Key == ToBeDeletedTaint {
+			return false
+		}
+	}
+	return true
+}
+
+// Handler returns the /healthz and /livez handler.
+func (hs *ProxyHealthServer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", hs.serveHealthz)
+	mux.HandleFunc("/livez", hs.serveLivez)
+	return mux
+}
+
+// Run serves on the server's address until ctx is done. It returns an
+// error if the address cannot be bound or serving fails; the caller decides
+// whether to retry (kube-proxy retries every 5s).
+func (hs *ProxyHealthServer) Run(ctx context.Context) error {
+	ln, err := metrics.Listen(ctx, hs.addr)
+	if err != nil {
+		return fmt.Errorf("proxy healthz: %w", err)
+	}
+	return hs.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx is done; it closes ln.
+func (hs *ProxyHealthServer) Serve(ctx context.Context, ln net.Listener) error {
+	klog.FromContext(ctx).V(3).Info("Starting healthz HTTP server", "address", ln.Addr().String())
+	if err := metrics.ServeListener(ctx, ln, hs.Handler()); err != nil {
+		return fmt.Errorf("proxy healthz: %w", err)
+	}
+	return nil
+}
+
+// serveHealthz is /healthz: sync health and node eligibility. Load
+// balancers use it to pick nodes.
+func (hs *ProxyHealthServer) serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	health := hs.Health()
+	eligible := hs.NodeEligible()
+	health.NodeEligible = &eligible
+	hs.write(w, health, health.Healthy && eligible, metrics.ProxyHealthzTotal)
+}
+
+// serveLivez is /livez: sync health only, for the liveness probe, so a
+// node being drained does not get the proxy restarted.
+func (hs *ProxyHealthServer) serveLivez(w http.ResponseWriter, _ *http.Request) {
+	health := hs.Health()
+	hs.write(w, health, health.Healthy, metrics.ProxyLivezTotal)
+}
+
+// write sends health with kube-proxy's headers and counts the status code.
+func (hs *ProxyHealthServer) write(w http.ResponseWriter, health ProxyHealth, healthy bool, counter *basemetrics.CounterVec) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if healthy {
+		// Old kube-proxy reported the last loop run even when nothing
+		// changed; a healthy proxy reports "now" to keep that meaning.
+		health.LastUpdated = health.CurrentTime
+	}
+	body, err := json.Marshal(health)
+	if err != nil {
+		// Cannot happen for this type; answer 500 rather than a bogus body.
+		http.Error(w, fmt.Sprintf("encoding health: %v", err), http.StatusInternalServerError)
+		return
+	}
+	if healthy {
+		counter.WithLabelValues(metrics.CodeOK).Inc()
+		w.WriteHeader(http.StatusOK)
+	} else {
+		counter.WithLabelValues(metrics.CodeServiceUnavailable).Inc()
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = w.Write(body) // the client may have gone; nothing to do then
+}
