@@ -1,0 +1,453 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"k8s.io/klog/v2"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
+)
+
+// ErrNotReconciled is returned by ApplyServices before the first Reconcile:
+// there is no known kernel state to apply a difference to.
+var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
+
+// Applier brings the kernel to a Desired state with as few operations as
+// possible.
+//
+// Reconcile reads the kernel (one IPVS dump and one address listing) and
+// applies the whole difference; ApplyServices then applies the difference
+// for a few changed Services against the state kept in memory, without
+// reading the kernel.
+//
+// Ownership: the applier only touches virtual servers on addresses it
+// manages, which are the addresses on kube-ipvs0, the addresses it is asked
+// to bind or put virtual servers on, and the NodePort addresses. Any other
+// virtual server in the kernel (another program's) is left alone.
+//
+// Every op is attempted even when others fail; the errors are joined, each
+// naming the op and its Service. The in-memory state records only what
+// succeeded, and the virtual servers and addresses with failed ops are
+// retried by the next ApplyServices (and by the next Reconcile, which the
+// caller should run periodically anyway, to repair outside changes).
+type Applier struct {
+	ipvs  IPVS
+	links Links
+
+	mu     sync.Mutex
+	synced bool
+	// observed is the part of the kernel the applier owns, as it knows it.
+	observed map[VSKey]*VirtualServer
+	addrs    map[netip.Addr]struct{}
+	// desired is the last wanted state, kept to apply per-Service changes.
+	desired   map[VSKey]*VirtualServer
+	byService map[servicecache.ServiceKey][]*VirtualServer
+	// addrRefs counts the wanted virtual servers that need each address
+	// bound, since Services can share an address (external IPs).
+	addrRefs map[netip.Addr]int
+	// retryVS and retryAddrs had failed ops.
+	retryVS    map[VSKey]struct{}
+	retryAddrs map[netip.Addr]struct{}
+}
+
+// NewApplier returns an applier over the given kernel interfaces.
+func NewApplier(ipvs IPVS, links Links) *Applier {
+	return &Applier{ipvs: ipvs, links: links}
+}
+
+// Reconcile makes the owned part of the kernel match d: it ensures the
+// dummy link, reads the kernel and applies the difference.
+func (a *Applier) Reconcile(d *Desired) error {
+	if d == nil {
+		d = &Desired{}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+
+	if err := a.links.EnsureLink(); err != nil {
+		return fmt.Errorf("ip link add %s type dummy: %w", DummyLinkName, err)
+	}
+	kernel, err := ReadKernel(a.ipvs, a.links)
+	if err != nil {
+		return err
+	}
+
+	owned := make(map[netip.Addr]struct{}, len(kernel.Addresses)+len(d.Addresses)+len(d.NodePortAddresses))
+	for _, list := range [][]netip.Addr{kernel.Addresses, d.Addresses, d.NodePortAddresses} {
+		for _, addr := range list {
+			owned[addr] = struct{}{}
+		}
+	}
+	for key := range d.VirtualServers {
+		// Also covers external IPs that are node addresses, never bound.
+		owned[key.Addr] = struct{}{}
+	}
+	obs := &State{VirtualServers: make(map[VSKey]*VirtualServer, len(d.VirtualServers)), Addresses: kernel.Addresses}
+	for key, vs := range kernel.VirtualServers {
+		_, mine := owned[key.Addr]
+		if mine || a.observed[key] != nil {
+			obs.VirtualServers[key] = vs
+		}
+	}
+	ops := Diff(obs, &d.State)
+
+	a.observed = obs.VirtualServers
+	a.addrs = make(map[netip.Addr]struct{}, len(kernel.Addresses))
+	for _, addr := range kernel.Addresses {
+		a.addrs[addr] = struct{}{}
+	}
+	a.desired = maps.Clone(d.VirtualServers)
+	if a.desired == nil {
+		a.desired = map[VSKey]*VirtualServer{}
+	}
+	a.byService = d.ByService
+	if a.byService == nil {
+		a.byService = groupByService(d.VirtualServers)
+	} else {
+		a.byService = maps.Clone(a.byService)
+	}
+	a.addrRefs = make(map[netip.Addr]int, len(d.Addresses))
+	for _, vs := range a.desired {
+		if vs.Bind {
+			a.addrRefs[vs.Key.Addr]++
+		}
+	}
+	a.retryVS = map[VSKey]struct{}{}
+	a.retryAddrs = map[netip.Addr]struct{}{}
+	a.synced = true
+
+	// Servers that need no op already match: remember the planned value,
+	// which carries the Service it belongs to.
+	touched := make(map[VSKey]struct{})
+	for _, op := range ops {
+		if op.VS != nil {
+			touched[op.VS.Key] = struct{}{}
+		}
+	}
+	for key, want := range a.desired {
+		if _, ok := touched[key]; !ok && a.observed[key] != nil {
+			a.observed[key] = want
+		}
+	}
+	return a.execute(ops, a.desired)
+}
+
+// ApplyServices applies the plan of the Services named by keys (a
+// PlanServices result: a Service in keys without virtual servers in part is
+// removed) against the state in memory, and retries what failed before.
+// The Config behind part must be the one of the last Reconcile; when it
+// changes (node addresses...), Reconcile instead.
+//
+// A virtual server that another, unchanged Service already has is skipped;
+// the next Reconcile settles such conflicts in snapshot order.
+func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.synced {
+		return ErrNotReconciled
+	}
+	var newBy map[servicecache.ServiceKey][]*VirtualServer
+	if part != nil {
+		newBy = part.ByService
+		if newBy == nil {
+			newBy = groupByService(part.VirtualServers)
+		}
+	}
+
+	// Services to redo, in order so that conflicts resolve the same way
+	// every time.
+	set := make(map[servicecache.ServiceKey]struct{}, len(keys)+len(newBy))
+	for _, k := range keys {
+		set[k] = struct{}{}
+	}
+	for k := range newBy {
+		set[k] = struct{}{}
+	}
+	svcs := slices.SortedFunc(maps.Keys(set), compareServiceKeys)
+
+	subObs := &State{VirtualServers: map[VSKey]*VirtualServer{}}
+	subWant := &State{VirtualServers: map[VSKey]*VirtualServer{}}
+	touchedAddrs := map[netip.Addr]struct{}{}
+
+	// Forget what these Services wanted...
+	for _, svc := range svcs {
+		old := a.byService[svc]
+		delete(a.byService, svc)
+		for _, vs := range old {
+			if have := a.observed[vs.Key]; have != nil {
+				subObs.VirtualServers[vs.Key] = have
+			}
+			delete(a.desired, vs.Key)
+			if vs.Bind {
+				a.unref(vs.Key.Addr)
+				touchedAddrs[vs.Key.Addr] = struct{}{}
+			}
+		}
+	}
+	// ...then record what they want now.
+	for _, svc := range svcs {
+		vss := newBy[svc] // none: the Service is gone
+		kept := make([]*VirtualServer, 0, len(vss))
+		for _, vs := range vss {
+			if vs == nil {
+				continue
+			}
+			if _, taken := a.desired[vs.Key]; taken {
+				continue
+			}
+			a.desired[vs.Key] = vs
+			subWant.VirtualServers[vs.Key] = vs
+			kept = append(kept, vs)
+			if have := a.observed[vs.Key]; have != nil {
+				subObs.VirtualServers[vs.Key] = have
+			}
+			if vs.Bind {
+				a.addrRefs[vs.Key.Addr]++
+				touchedAddrs[vs.Key.Addr] = struct{}{}
+			}
+		}
+		if len(kept) > 0 {
+			a.byService[svc] = kept
+		}
+	}
+	// Retry what failed, whichever Service it belongs to.
+	for key := range a.retryVS {
+		if want := a.desired[key]; want != nil {
+			subWant.VirtualServers[key] = want
+		}
+		if have := a.observed[key]; have != nil {
+			subObs.VirtualServers[key] = have
+		}
+	}
+	for addr := range a.retryAddrs {
+		touchedAddrs[addr] = struct{}{}
+	}
+	a.retryVS = map[VSKey]struct{}{}
+	a.retryAddrs = map[netip.Addr]struct{}{}
+
+	for addr := range touchedAddrs {
+		if _, bound := a.addrs[addr]; bound {
+			subObs.Addresses = append(subObs.Addresses, addr)
+		}
+		if a.addrRefs[addr] > 0 {
+			subWant.Addresses = append(subWant.Addresses, addr)
+		}
+	}
+	slices.SortFunc(subObs.Addresses, netip.Addr.Compare)
+	slices.SortFunc(subWant.Addresses, netip.Addr.Compare)
+
+	return a.execute(Diff(subObs, subWant), subWant.VirtualServers)
+}
+
+func compareServiceKeys(x, y servicecache.ServiceKey) int {
+	if x.Less(y) {
+		return -1
+	}
+	if y.Less(x) {
+		return 1
+	}
+	return 0
+}
+
+func (a *Applier) unref(addr netip.Addr) {
+	if a.addrRefs[addr] <= 1 {
+		delete(a.addrRefs, addr)
+		return
+	}
+	a.addrRefs[addr]--
+}
+
+// Observed returns the owned kernel state as the applier knows it. The
+// virtual servers are shared and must not be modified.
+func (a *Applier) Observed() *State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := &State{VirtualServers: maps.Clone(a.observed)}
+	for addr := range a.addrs {
+		st.Addresses = append(st.Addresses, addr)
+	}
+	slices.SortFunc(st.Addresses, netip.Addr.Compare)
+	return st
+}
+
+// execute runs ops in order, collects their errors and records what
+// succeeded. want holds the wanted virtual servers the ops lead to.
+func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) error {
+	var errs []error
+	ok := make([]bool, len(ops))
+	failed := map[VSKey]bool{}   // keys with at least one failed op
+	notAdded := map[VSKey]bool{} // keys whose add failed: skip their destinations
+	for i, op := range ops {
+		if op.VS != nil && notAdded[op.VS.Key] {
+			continue // already reported by the failed add
+		}
+		klog.V(4).InfoS("IPVS op", "op", op.String())
+		if err := a.do(op); err != nil {
+			errs = append(errs, opError(op, err))
+			if op.VS != nil {
+				failed[op.VS.Key] = true
+				a.retryVS[op.VS.Key] = struct{}{}
+				if op.Kind == OpAddService {
+					notAdded[op.VS.Key] = true
+				}
+			} else {
+				a.retryAddrs[op.Addr] = struct{}{}
+			}
+			continue
+		}
+		ok[i] = true
+		switch op.Kind {
+		case OpAddAddress:
+			a.addrs[op.Addr] = struct{}{}
+		case OpDeleteAddress:
+			delete(a.addrs, op.Addr)
+		}
+	}
+
+	// A server whose ops all succeeded now is what was wanted.
+	var partial map[VSKey][]int
+	for i, op := range ops {
+		switch {
+		case op.VS == nil:
+		case failed[op.VS.Key]:
+			if partial == nil {
+				partial = map[VSKey][]int{}
+			}
+			partial[op.VS.Key] = append(partial[op.VS.Key], i)
+		case want[op.VS.Key] != nil:
+			a.observed[op.VS.Key] = want[op.VS.Key]
+		default:
+			delete(a.observed, op.VS.Key)
+		}
+	}
+	// Otherwise, replay what succeeded on what was there.
+	for key, idx := range partial {
+		if vs := settle(a.observed[key], ops, idx, ok); vs != nil {
+			a.observed[key] = vs
+		} else {
+			delete(a.observed, key)
+		}
+	}
+	if len(ops) > 0 {
+		klog.V(2).InfoS("Applied IPVS changes", "ops", len(ops), "failed", len(errs))
+	}
+	return errors.Join(errs...)
+}
+
+// do runs one op against the kernel.
+func (a *Applier) do(op Op) error {
+	switch op.Kind {
+	case OpAddAddress:
+		return a.links.AddAddress(op.Addr)
+	case OpDeleteAddress:
+		return a.links.DeleteAddress(op.Addr)
+	}
+	if op.VS == nil {
+		return fmt.Errorf("%s without a virtual server", op.Kind)
+	}
+	switch op.Kind {
+	case OpAddService:
+		return a.ipvs.AddService(op.VS)
+	case OpUpdateService:
+		return a.ipvs.UpdateService(op.VS)
+	case OpDeleteService:
+		return a.ipvs.DeleteService(op.VS.Key)
+	case OpAddDestination:
+		return a.ipvs.AddDestination(op.VS.Key, op.RS)
+	case OpUpdateDestination:
+		return a.ipvs.UpdateDestination(op.VS.Key, op.RS)
+	case OpDeleteDestination:
+		return a.ipvs.DeleteDestination(op.VS.Key, op.RS.Key)
+	}
+	return fmt.Errorf("unknown op kind %s", op.Kind)
+}
+
+// opError names the op (as a command line) and the Service it serves.
+func opError(op Op, err error) error {
+	if op.VS != nil && op.VS.Service != (servicecache.ServiceKey{}) {
+		svc := op.VS.Service.String()
+		if op.VS.PortName != "" {
+			svc += ":" + op.VS.PortName
+		}
+		return fmt.Errorf("%s (service %s): %w", op, svc, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// settle replays the successful ops of one virtual server (indexes idx into
+// ops, in execution order) on its previous state vs.
+func settle(vs *VirtualServer, ops []Op, idx []int, ok []bool) *VirtualServer {
+	var dests []Op
+	for _, i := range idx {
+		if !ok[i] {
+			continue
+		}
+		op := ops[i]
+		switch op.Kind {
+		case OpAddService:
+			c := *op.VS
+			c.RealServers = nil
+			vs = &c
+		case OpUpdateService:
+			c := *op.VS
+			c.RealServers = nil
+			if vs != nil {
+				c.RealServers = vs.RealServers
+			}
+			vs = &c
+		case OpDeleteService:
+			vs, dests = nil, nil
+		default:
+			dests = append(dests, op)
+		}
+	}
+	if vs == nil || len(dests) == 0 {
+		return vs
+	}
+	c := *vs
+	c.RealServers = applyDestOps(vs.RealServers, dests)
+	return &c
+}
+
+// applyDestOps merges destination ops into a sorted list, into a new slice
+// (the old one may be shared).
+func applyDestOps(old []RealServer, dests []Op) []RealServer {
+	old = sortedRSIfNeeded(old)
+	slices.SortStableFunc(dests, func(x, y Op) int { return x.RS.Key.Compare(y.RS.Key) })
+	out := make([]RealServer, 0, len(old)+len(dests))
+	i, j := 0, 0
+	for i < len(old) || j < len(dests) {
+		switch {
+		case j == len(dests) || (i < len(old) && old[i].Key.Compare(dests[j].RS.Key) < 0):
+			out = append(out, old[i])
+			i++
+			continue
+		case i < len(old) && old[i].Key == dests[j].RS.Key:
+			i++ // replaced or deleted below
+		}
+		if dests[j].Kind != OpDeleteDestination {
+			out = append(out, dests[j].RS)
+		}
+		j++
+	}
+	return out
+}
+
+// groupByService rebuilds ByService for a Desired made without it.
+func groupByService(vss map[VSKey]*VirtualServer) map[servicecache.ServiceKey][]*VirtualServer {
+	by := map[servicecache.ServiceKey][]*VirtualServer{}
+	for _, vs := range vss {
+		if vs != nil {
+			by[vs.Service] = append(by[vs.Service], vs)
+		}
+	}
+	for _, list := range by {
+		slices.SortFunc(list, func(x, y *VirtualServer) int { return x.Key.Compare(y.Key) })
+	}
+	return by
+}

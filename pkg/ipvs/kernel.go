@@ -1,0 +1,82 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// IPVS is the kernel's virtual server table. Implementations: NewKernelIPVS
+// (netlink) and FakeIPVS.
+type IPVS interface {
+	// Services lists every virtual server with its destinations, sorted,
+	// with the kernel-only FlagHashed removed. Firewall-mark services, which
+	// the proxy never makes, are left out.
+	Services() ([]*VirtualServer, error)
+	// AddService creates vs without destinations (ipvsadm -A).
+	AddService(vs *VirtualServer) error
+	// UpdateService changes the scheduler, flags and timeout (ipvsadm -E).
+	UpdateService(vs *VirtualServer) error
+	// DeleteService removes a virtual server and its destinations
+	// (ipvsadm -D).
+	DeleteService(key VSKey) error
+	// AddDestination adds a real server (ipvsadm -a).
+	AddDestination(key VSKey, rs RealServer) error
+	// UpdateDestination changes a real server's weight or forwarding
+	// (ipvsadm -e).
+	UpdateDestination(key VSKey, rs RealServer) error
+	// DeleteDestination removes a real server (ipvsadm -d).
+	DeleteDestination(key VSKey, rs RSKey) error
+}
+
+// Links manages the dummy link holding the service addresses.
+// Implementations: NewKernelLinks (netlink) and FakeLinks.
+type Links interface {
+	// EnsureLink creates the dummy link if it is missing.
+	EnsureLink() error
+	// Addresses lists the host addresses (/32, /128) on the link, sorted.
+	Addresses() ([]netip.Addr, error)
+	// AddAddress binds a host address; binding a bound one is not an error.
+	AddAddress(addr netip.Addr) error
+	// DeleteAddress unbinds an address; unbinding an absent one is not an
+	// error.
+	DeleteAddress(addr netip.Addr) error
+}
+
+// ErrIPVSUnavailable is returned (wrapped) by NewKernelIPVS when the kernel
+// has no IPVS.
+var ErrIPVSUnavailable = errors.New("IPVS is not available in this kernel (generic netlink family IPVS not found): load the ip_vs module")
+
+// ReadKernel reads everything the kernel holds: all virtual servers (the
+// proxy's and others') and the addresses on the dummy link. The result's
+// Dump has the same format as a planned Desired's, for end-to-end checks.
+func ReadKernel(ipvs IPVS, links Links) (*State, error) {
+	vss, err := ipvs.Services()
+	if err != nil {
+		return nil, fmt.Errorf("list IPVS services: %w", err)
+	}
+	addrs, err := links.Addresses()
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", DummyLinkName, err)
+	}
+	st := &State{
+		VirtualServers: make(map[VSKey]*VirtualServer, len(vss)),
+		Addresses:      sortedIfNeeded(addrs),
+	}
+	for _, vs := range vss {
+		if vs != nil {
+			st.VirtualServers[vs.Key] = vs
+		}
+	}
+	return st, nil
+}
+
+// sortServices puts a listing in key order, destinations too, so that the
+// implementations return the same thing for the same kernel content.
+func sortServices(vss []*VirtualServer) {
+	slices.SortFunc(vss, func(a, b *VirtualServer) int { return a.Key.Compare(b.Key) })
+	for _, vs := range vss {
+		slices.SortFunc(vs.RealServers, compareRS)
+	}
+}

@@ -1,0 +1,313 @@
+//go:build linux
+
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	libipvs "github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// KernelIPVS programs the kernel's IPVS table over generic netlink.
+type KernelIPVS struct {
+	mu sync.Mutex // one request at a time on the shared socket
+	h  *libipvs.Handle
+}
+
+var _ IPVS = (*KernelIPVS)(nil)
+
+// NewKernelIPVS opens the IPVS netlink socket of the current network
+// namespace. It fails with ErrIPVSUnavailable when the kernel has no IPVS.
+func NewKernelIPVS() (*KernelIPVS, error) {
+	// libipvs.New runs `modprobe -va ip_vs` and looks the family up once per
+	// process, so a module loaded later is only seen after a restart.
+	h, err := libipvs.New("")
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
+	}
+	// Without IPVS, libipvs.New still succeeds and its calls misbehave
+	// (NewService returns nil, GetServices returns nothing, GetConfig
+	// panics), so ask generic netlink for the family ourselves.
+	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("%w: %v", ErrIPVSUnavailable, err)
+	}
+	return &KernelIPVS{h: h}, nil
+}
+
+// Close releases the netlink socket.
+func (k *KernelIPVS) Close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.h.Close()
+}
+
+// Services is `ipvsadm -Sn`: one service dump, then one destination dump
+// per service (the kernel has no request for all destinations at once).
+func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	svcs, err := k.h.GetServices()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*VirtualServer, 0, len(svcs))
+	for _, s := range svcs {
+		vs, ok := fromLibService(s)
+		if !ok {
+			continue // firewall mark or unknown protocol: never ours
+		}
+		dsts, err := k.h.GetDestinations(s)
+		if err != nil {
+			return nil, fmt.Errorf("list destinations of %s: %w", vs.Key, err)
+		}
+		vs.RealServers = make([]RealServer, 0, len(dsts))
+		for _, d := range dsts {
+			if rs, ok := fromLibDestination(d); ok {
+				vs.RealServers = append(vs.RealServers, rs)
+			}
+		}
+		out = append(out, vs)
+	}
+	sortServices(out)
+	return out, nil
+}
+
+// AddService is `ipvsadm -A -t VIP:PORT -s rr [-p TIMEOUT]`.
+func (k *KernelIPVS) AddService(vs *VirtualServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.NewService(toLibService(vs))
+}
+
+// UpdateService is `ipvsadm -E -t VIP:PORT -s rr [-p TIMEOUT]`.
+func (k *KernelIPVS) UpdateService(vs *VirtualServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.UpdateService(toLibService(vs))
+}
+
+// DeleteService is `ipvsadm -D -t VIP:PORT`.
+func (k *KernelIPVS) DeleteService(key VSKey) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.DelService(toLibKey(key))
+}
+
+// AddDestination is `ipvsadm -a -t VIP:PORT -r RIP:RPORT -m -w 1`.
+func (k *KernelIPVS) AddDestination(key VSKey, rs RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.NewDestination(toLibKey(key), toLibDestination(rs))
+}
+
+// UpdateDestination is `ipvsadm -e -t VIP:PORT -r RIP:RPORT -m -w W`.
+func (k *KernelIPVS) UpdateDestination(key VSKey, rs RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.UpdateDestination(toLibKey(key), toLibDestination(rs))
+}
+
+// DeleteDestination is `ipvsadm -d -t VIP:PORT -r RIP:RPORT`.
+func (k *KernelIPVS) DeleteDestination(key VSKey, rk RSKey) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.DelDestination(toLibKey(key), toLibDestination(RealServer{Key: rk}))
+}
+
+// toLibKey fills what the kernel looks a service up by. Destination and
+// delete requests need nothing more.
+func toLibKey(k VSKey) *libipvs.Service {
+	s := &libipvs.Service{
+		Address:  net.IP(k.Addr.AsSlice()),
+		Port:     k.Port,
+		Protocol: protoNumber(k.Proto),
+	}
+	if k.Addr.Is4() {
+		s.AddressFamily, s.Netmask = unix.AF_INET, 0xffffffff
+	} else {
+		s.AddressFamily, s.Netmask = unix.AF_INET6, 128
+	}
+	return s
+}
+
+func toLibService(vs *VirtualServer) *libipvs.Service {
+	s := toLibKey(vs.Key)
+	s.SchedName = vs.Scheduler
+	s.Flags = uint32(vs.Flags &^ FlagHashed)
+	s.Timeout = vs.Timeout
+	return s
+}
+
+func toLibDestination(rs RealServer) *libipvs.Destination {
+	d := &libipvs.Destination{
+		Address:         net.IP(rs.Key.Addr.AsSlice()),
+		Port:            rs.Key.Port,
+		Weight:          rs.Weight,
+		ConnectionFlags: uint32(rs.Forward),
+	}
+	if rs.Key.Addr.Is4() {
+		d.AddressFamily = unix.AF_INET
+	} else {
+		d.AddressFamily = unix.AF_INET6
+	}
+	return d
+}
+
+func fromLibService(s *libipvs.Service) (*VirtualServer, bool) {
+	if s == nil || s.FWMark != 0 {
+		return nil, false
+	}
+	proto, ok := protoFromNumber(s.Protocol)
+	if !ok {
+		return nil, false
+	}
+	addr, ok := netip.AddrFromSlice(s.Address)
+	if !ok {
+		return nil, false
+	}
+	return &VirtualServer{
+		Key:       VSKey{Addr: addr.Unmap(), Port: s.Port, Proto: proto},
+		Scheduler: s.SchedName,
+		Flags:     Flags(s.Flags) &^ FlagHashed,
+		Timeout:   s.Timeout,
+	}, true
+}
+
+func fromLibDestination(d *libipvs.Destination) (RealServer, bool) {
+	if d == nil {
+		return RealServer{}, false
+	}
+	addr, ok := netip.AddrFromSlice(d.Address)
+	if !ok {
+		return RealServer{}, false
+	}
+	fwd := Forward(d.ConnectionFlags & libipvs.ConnFwdMask)
+	if fwd == libipvs.ConnFwdLocalNode {
+		// The kernel turns masquerading to one of its own addresses into
+		// "local node" by itself; report what was asked for, or every sync
+		// would try to change it back.
+		fwd = ForwardMasq
+	}
+	return RealServer{
+		Key:     RSKey{Addr: addr.Unmap(), Port: d.Port},
+		Weight:  d.Weight,
+		Forward: fwd,
+	}, true
+}
+
+func protoNumber(p Proto) uint16 {
+	switch p {
+	case ProtoTCP:
+		return unix.IPPROTO_TCP
+	case ProtoUDP:
+		return unix.IPPROTO_UDP
+	case ProtoSCTP:
+		return unix.IPPROTO_SCTP
+	}
+	return 0
+}
+
+func protoFromNumber(n uint16) (Proto, bool) {
+	switch n {
+	case unix.IPPROTO_TCP:
+		return ProtoTCP, true
+	case unix.IPPROTO_UDP:
+		return ProtoUDP, true
+	case unix.IPPROTO_SCTP:
+		return ProtoSCTP, true
+	}
+	return 0, false
+}
+
+// KernelLinks manages the dummy link over rtnetlink.
+type KernelLinks struct {
+	name string
+}
+
+var _ Links = (*KernelLinks)(nil)
+
+// NewKernelLinks manages the dummy link called name (DummyLinkName).
+func NewKernelLinks(name string) *KernelLinks { return &KernelLinks{name: name} }
+
+// EnsureLink is `ip link add kube-ipvs0 type dummy`. The link is left down,
+// as upstream does: its addresses are local all the same (the kernel adds
+// their local routes whatever the link state; for IPv6 because a dummy link
+// is NOARP, which skips duplicate address detection), and a down link gets
+// no routes of its own.
+func (l *KernelLinks) EnsureLink() error {
+	_, err := netlink.LinkByName(l.name)
+	if err == nil {
+		return nil
+	}
+	if !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return fmt.Errorf("look up link %s: %w", l.name, err)
+	}
+	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.name}}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("ip link add %s type dummy: %w", l.name, err)
+	}
+	return nil
+}
+
+// Addresses is `ip addr show dev kube-ipvs0`, keeping host prefixes only:
+// the proxy binds nothing else, so anything else is not its to remove.
+func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
+	link, err := netlink.LinkByName(l.name)
+	if err != nil {
+		return nil, fmt.Errorf("look up link %s: %w", l.name, err)
+	}
+	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", l.name, err)
+	}
+	out := make([]netip.Addr, 0, len(list))
+	for _, a := range list {
+		if a.IPNet == nil {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		addr = addr.Unmap()
+		if ones, _ := a.Mask.Size(); ones == hostBits(addr) {
+			out = append(out, addr)
+		}
+	}
+	return sortedAddrs(out), nil
+}
+
+// AddAddress is `ip addr add 10.96.0.10/32 dev kube-ipvs0` (/128 for IPv6).
+func (l *KernelLinks) AddAddress(addr netip.Addr) error {
+	link, err := netlink.LinkByName(l.name)
+	if err != nil {
+		return fmt.Errorf("look up link %s: %w", l.name, err)
+	}
+	if err := netlink.AddrAdd(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// DeleteAddress is `ip addr del 10.96.0.10/32 dev kube-ipvs0`.
+func (l *KernelLinks) DeleteAddress(addr netip.Addr) error {
+	link, err := netlink.LinkByName(l.name)
+	if err != nil {
+		return fmt.Errorf("look up link %s: %w", l.name, err)
+	}
+	if err := netlink.AddrDel(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return err
+	}
+	return nil
+}
+
+func hostAddr(addr netip.Addr) *netlink.Addr {
+	bits := hostBits(addr)
+	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(bits, bits)}}
+}
