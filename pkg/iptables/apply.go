@@ -9,7 +9,8 @@ import (
 // Applier makes the kernel match a Desired plan, touching only what
 // differs: missing set entries are added, then chains whose content differs
 // are rewritten, then jumps are ensured, then stale entries are deleted
-// (after the rules changed, so nothing in use disappears first).
+// (after the rules changed, so nothing in use disappears first). Calls must
+// not overlap: the sync loop owns the Applier.
 type Applier struct {
 	IPSet  IPSet
 	Tables map[Family]Tables
@@ -33,8 +34,14 @@ func (c Changes) Empty() bool {
 // safe and returns all errors joined; Changes counts what was done anyway.
 func (a *Applier) Apply(d *Desired) (Changes, error) {
 	var ch Changes
+	if d == nil {
+		return ch, errors.New("nothing to apply: nil plan")
+	}
 	var errs []error
 	for _, p := range d.Families {
+		if p == nil {
+			continue
+		}
 		if err := a.applyFamily(p, &ch); err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", p.Family, err))
 		}
@@ -94,10 +101,10 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 	}
 	var write []Chain
 	for _, c := range p.Chains {
-		have, exists := listed[c.Table][c.Name]
 		if listed[c.Table] == nil {
 			continue // listing failed, reported above
 		}
+		have, exists := listed[c.Table][c.Name]
 		if !exists || !rulesEqual(have, c.Rules) {
 			write = append(write, c)
 		}

@@ -137,7 +137,7 @@ func (s *NetlinkIPSet) EnsureSet(spec SetSpec) error {
 		opts.MaxElements = spec.MaxElem
 	}
 	if err := s.h.IpsetCreate(spec.Name, string(spec.Type), opts); err != nil {
-		if errors.Is(err, nl.IPSetError(nl.IPSET_ERR_EXIST)) {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, nl.IPSetError(nl.IPSET_ERR_EXIST)) {
 			return fmt.Errorf("ipset %s -exist: a set of that name exists with another type or options "+
 				"(destroy it once rules no longer use it): %w", spec.CreateArgs(), err)
 		}
@@ -151,6 +151,9 @@ func (s *NetlinkIPSet) ListEntries(spec SetSpec) ([]Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	entries, err := s.own.list(spec)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("ipset list %s: set does not exist: %w", spec.Name, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ipset list %s: %w", spec.Name, err)
 	}

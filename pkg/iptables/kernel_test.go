@@ -297,3 +297,110 @@ func TestKernelRefusesForeign(t *testing.T) {
 		t.Fatalf("apply with a mistyped KUBE-CLUSTER-IP: err = %v, want an error naming the set", err)
 	}
 }
+
+// upstreamState is what upstream kube-proxy (IPVS mode, v1.37) creates for
+// one ClusterIP+NodePort service with a local endpoint, written the way
+// upstream writes it: the ipset commands of its ipset util, the
+// iptables-restore text of writeIptablesRules (with --or-mark, --xor-mark,
+// "! -s" after the set match, REJECT without --reject-with) and the
+// EnsureRule(Prepend) jumps.
+const upstreamIPSets = `create KUBE-LOOP-BACK hash:ip,port,ip family inet hashsize 1024 maxelem 65536
+create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-EXTERNAL-IP hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-EXTERNAL-IP-LOCAL hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-LOAD-BALANCER hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-LOAD-BALANCER-FW hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-LOAD-BALANCER-LOCAL hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-LOAD-BALANCER-SOURCE-IP hash:ip,port,ip family inet hashsize 1024 maxelem 65536
+create KUBE-LOAD-BALANCER-SOURCE-CIDR hash:ip,port,net family inet hashsize 1024 maxelem 65536
+create KUBE-NODE-PORT-TCP bitmap:port range 0-65535
+create KUBE-NODE-PORT-LOCAL-TCP bitmap:port range 0-65535
+create KUBE-NODE-PORT-UDP bitmap:port range 0-65535
+create KUBE-NODE-PORT-LOCAL-UDP bitmap:port range 0-65535
+create KUBE-NODE-PORT-SCTP-HASH hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-NODE-PORT-LOCAL-SCTP-HASH hash:ip,port family inet hashsize 1024 maxelem 65536
+create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535
+create KUBE-IPVS-IPS hash:ip family inet hashsize 1024 maxelem 65536
+add KUBE-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5
+add KUBE-CLUSTER-IP 10.96.0.10,tcp:80
+add KUBE-NODE-PORT-TCP 30080
+add KUBE-IPVS-IPS 10.96.0.10
+`
+
+const upstreamRules = `*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-LOAD-BALANCER - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN
+-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE
+-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A KUBE-POSTROUTING -m mark ! --mark 0x004000/0x004000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x004000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x004000
+COMMIT
+*filter
+:KUBE-FORWARD - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-SOURCE-RANGES-FIREWALL - [0:0]
+:KUBE-IPVS-FILTER - [0:0]
+:KUBE-IPVS-OUT-FILTER - [0:0]
+-A KUBE-SOURCE-RANGES-FIREWALL -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x004000/0x004000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN
+-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT
+COMMIT
+`
+
+// TestKernelMatchesUpstream sets the kernel up as upstream would, then
+// applies our plan for the same service: nothing may need changing, which
+// shows our names, set types and rules are upstream's.
+func TestKernelMatchesUpstream(t *testing.T) {
+	for _, backend := range []Backend{BackendNFT, BackendLegacy} {
+		t.Run(string(backend), func(t *testing.T) {
+			requireKernel(t, backend)
+			enterNewNetns(t)
+			ipset := exec.Command("ipset", "restore", "-exist")
+			ipset.Stdin = strings.NewReader(upstreamIPSets)
+			if out, err := ipset.CombinedOutput(); err != nil {
+				t.Fatalf("ipset restore: %v: %s", err, out)
+			}
+			restore := exec.Command("iptables-"+string(backend)+"-restore", "--noflush")
+			restore.Stdin = strings.NewReader(upstreamRules)
+			if out, err := restore.CombinedOutput(); err != nil {
+				t.Fatalf("iptables-restore: %v: %s", err, out)
+			}
+			for _, j := range Jumps {
+				run(t, "iptables-"+string(backend), append([]string{"-t", string(j.Table), "-I", j.From}, j.Rule()...)...)
+			}
+
+			snap := singleService(&servicecache.Service{
+				Key: svcKey("web"), ClusterIPs: ips("10.96.0.10"),
+				Ports: []servicecache.ServicePort{{Name: "http", Protocol: "TCP", Port: 80, NodePort: 30080,
+					Endpoints: []servicecache.Endpoint{ep("10.244.1.5", 8080, "node-a")}}},
+			})
+			cfg := Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), LocalAddresses: ips("192.168.10.5")}
+			a := newRealApplier(t, backend)
+			ch, err := a.Apply(Plan(snap, cfg))
+			if err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			if !ch.Empty() {
+				t.Fatalf("upstream's state needed changes: %+v", ch)
+			}
+		})
+	}
+}

@@ -129,7 +129,7 @@ type familyBuilder struct {
 	// outFilter holds KUBE-IPVS-OUT-FILTER rules (load balancers the node
 	// itself may not reach), deduplicated, in service order.
 	outFilter     []Rule
-	outFilterSeen map[string]bool
+	outFilterSeen map[Entry]bool
 }
 
 func newFamilyBuilder(f Family, snap *servicecache.Snapshot, cfg *Config, problems *[]string) *familyBuilder {
@@ -141,7 +141,7 @@ func newFamilyBuilder(f Family, snap *servicecache.Snapshot, cfg *Config, proble
 		local:         map[netip.Addr]bool{},
 		mark:          cfg.MasqueradeMark,
 		entries:       map[string]map[Entry]struct{}{},
-		outFilterSeen: map[string]bool{},
+		outFilterSeen: map[Entry]bool{},
 	}
 	if b.mark == 0 {
 		b.mark = DefaultMasqueradeMark
@@ -347,14 +347,14 @@ func (b *familyBuilder) sourceRanges(svc *servicecache.Service) []netip.Prefix {
 // ranges exclude the node (upstream issue 119656). With IPVS both the source
 // and the virtual address are the VIP.
 func (b *familyBuilder) denyFromNode(e Entry) {
-	host := netip.PrefixFrom(e.IP, e.IP.BitLen()).String()
-	r := Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)), "--vaddr", host,
-		"--vport", fmt.Sprint(e.Port), "-j", "DROP"}
-	key := fmt.Sprint([]string(r))
-	if !b.outFilterSeen[key] {
-		b.outFilterSeen[key] = true
-		b.outFilter = append(b.outFilter, r)
+	if b.outFilterSeen[e] {
+		return
 	}
+	b.outFilterSeen[e] = true
+	// As iptables prints it: host prefixes, numeric protocol.
+	host := netip.PrefixFrom(e.IP, e.IP.BitLen()).String()
+	b.outFilter = append(b.outFilter, Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)),
+		"--vaddr", host, "--vport", fmt.Sprint(e.Port), "-j", "DROP"})
 }
 
 func (b *familyBuilder) nodePort(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {

@@ -105,12 +105,14 @@ func splitArgs(line string) ([]string, error) {
 func parseTableListing(lines []string, keep func(chain string) bool) (map[string][]Rule, error) {
 	chains := map[string][]Rule{}
 	for _, line := range lines {
+		// Chain names never need quoting: filter before tokenizing, so
+		// other chains' rules cannot get in the way.
+		if f := strings.Fields(line); len(f) < 2 || !keep(f[1]) {
+			continue
+		}
 		args, err := splitArgs(line)
 		if err != nil {
 			return nil, err
-		}
-		if len(args) < 2 || !keep(args[1]) {
-			continue
 		}
 		switch args[0] {
 		case "-P", "-N":

@@ -186,3 +186,19 @@ func TestSetSpecValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestFailedLine(t *testing.T) {
+	input := "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j ACCEPT\n-A KUBE-SERVICES -j KUBE-NOPE\nCOMMIT\n"
+	for _, out := range []string{
+		"iptables-restore: line 4 failed\n",
+		"iptables-nft-restore v1.8.9 (nf_tables): Chain 'KUBE-NOPE' does not exist\nError occurred at line: 4\n",
+		"iptables-nft-restore v1.8.9 (nf_tables): \nline 4: RULE_APPEND failed (No such file or directory)\n",
+	} {
+		if got, want := failedLine(out, input), " (line 4: -A KUBE-SERVICES -j KUBE-NOPE)"; got != want {
+			t.Errorf("failedLine(%q) = %q, want %q", out, got, want)
+		}
+	}
+	if got := failedLine("something else", input); !strings.Contains(got, input) {
+		t.Errorf("without a line number the input should be quoted, got %q", got)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 
 	goiptables "github.com/coreos/go-iptables/iptables"
@@ -59,14 +61,13 @@ const (
 	BackendLegacy  Backend = "legacy" // iptables-legacy / ip6tables-legacy
 )
 
-// IptablesTables is the real Tables: single-rule and cleanup commands
-// through go-iptables (which takes the xtables lock with --wait), whole
-// chains through iptables-restore --noflush, and listing through one
+// IptablesTables is the real Tables: jumps through go-iptables (which
+// takes the xtables lock with --wait), chain contents and chain deletion
+// through iptables-restore --noflush --wait, and listing through one
 // `iptables -S` per table. Listing chain by chain would cost a process per
 // chain, and iptables-nft 1.8.9 reports a missing chain as "incompatible",
 // which cannot be told apart from a real problem.
 type IptablesTables struct {
-	family      Family
 	ipt         *goiptables.IPTables
 	path        string // iptables binary, for listing
 	restorePath string
@@ -77,6 +78,9 @@ var _ Tables = (*IptablesTables)(nil)
 // NewIptablesTables finds the family's iptables and iptables-restore
 // binaries for the backend.
 func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
+	if f != IPv4 && f != IPv6 {
+		return nil, fmt.Errorf("unknown IP family %v", f)
+	}
 	name := "iptables"
 	proto := goiptables.ProtocolIPv4
 	if f == IPv6 {
@@ -99,7 +103,7 @@ func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
 	if _, err := exec.LookPath(restore); err != nil {
 		return nil, fmt.Errorf("%s has no %s: %w", found, filepath.Base(restore), err)
 	}
-	return &IptablesTables{family: f, ipt: ipt, path: found, restorePath: restore}, nil
+	return &IptablesTables{ipt: ipt, path: found, restorePath: restore}, nil
 }
 
 // ListTable: iptables -t TABLE -S --wait
@@ -146,10 +150,26 @@ func (t *IptablesTables) restore(input string) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", filepath.Base(t.restorePath), err,
-			strings.TrimSpace(out.String()), input)
+		return fmt.Errorf("%s --noflush: %w: %s%s", filepath.Base(t.restorePath), err,
+			strings.TrimSpace(out.String()), failedLine(out.String(), input))
 	}
 	return nil
+}
+
+// iptables-restore says "line 4 failed" (legacy), "Error occurred at
+// line: 4" or "line 4: RULE_APPEND failed" (nft).
+var failedLineRE = regexp.MustCompile(`line:? (\d+)`)
+
+// failedLine quotes the input line iptables-restore names in its error, or
+// the whole input when it names none.
+func failedLine(output, input string) string {
+	lines := strings.Split(input, "\n")
+	if m := failedLineRE.FindStringSubmatch(output); m != nil {
+		if n, err := strconv.Atoi(m[1]); err == nil && n >= 1 && n <= len(lines) {
+			return fmt.Sprintf(" (line %d: %s)", n, lines[n-1])
+		}
+	}
+	return "\ninput:\n" + input
 }
 
 // InsertJump: iptables -t TABLE -I CHAIN 1 RULE
