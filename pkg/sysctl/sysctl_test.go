@@ -168,3 +168,21 @@ func TestFake(t *testing.T) {
 		t.Error("KernelRelease with no release: want error")
 	}
 }
+
+// TestRealProc reads the running kernel's tree, read-only.
+func TestRealProc(t *testing.T) {
+	p := New()
+	release, err := p.KernelRelease()
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("no /proc/sys here")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseKernelVersion(release); err != nil {
+		t.Errorf("running kernel %q: %v", release, err)
+	}
+	if v, err := p.Get("net/ipv4/ip_forward"); err != nil || (v != 0 && v != 1) {
+		t.Errorf("ip_forward = %d, %v", v, err)
+	}
+}
