@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -371,5 +372,74 @@ func TestParsePorts(t *testing.T) {
 		if (err != nil) != tc.wantErr || fmt.Sprint(got) != fmt.Sprint(tc.want) {
 			t.Errorf("ParsePorts(%q) = %v, %v", tc.in, got, err)
 		}
+	}
+}
+
+// TestStreamMachineryOverTCP runs the SCTP code paths (raw non-blocking
+// sockets on the runtime poller: listen, accept, close, connect, read with
+// deadlines) with TCP, so they are tested on kernels without SCTP too.
+func TestStreamMachineryOverTCP(t *testing.T) {
+	s := &Server{cfg: Config{Name: testName}, logger: log.New(&testLog{t: t}, "", 0)}
+	l, err := listenStream(unix.IPPROTO_TCP, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		s.serveSCTP(l)
+	}()
+	silent, err := net.Listen("tcp4", "127.0.0.1:0") // accepts (backlog) but never writes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	closed, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().(*net.TCPAddr).AddrPort()
+	_ = closed.Close()
+
+	port := l.addr.Port()
+	tests := []struct {
+		name     string
+		addr     netip.AddrPort
+		timeout  time.Duration
+		clientIP string // expected client IP, or "" for an error
+		errPart  string
+	}{
+		{name: "ipv4", addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), clientIP: "127.0.0.1"},
+		{name: "ipv6", addr: netip.AddrPortFrom(netip.MustParseAddr("::1"), port), clientIP: "::1"},
+		{name: "refused", addr: closedAddr, errPart: "refused"},
+		{name: "no answer", addr: silent.Addr().(*net.TCPAddr).AddrPort(), timeout: 200 * time.Millisecond, errPart: "timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.timeout == 0 {
+				tc.timeout = 2 * time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			defer cancel()
+			out, err := streamRequest(ctx, unix.IPPROTO_TCP, tc.addr)
+			if tc.clientIP == "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errPart) {
+					t.Fatalf("got %q, %v; want an error mentioning %q", out, err, tc.errPart)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLine(t, strings.TrimSuffix(out, "\n"), tc.clientIP, 0)
+		})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-served:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept loop did not stop on Close")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,12 +22,16 @@ var ErrSCTPUnsupported = errors.New("kernel has no SCTP support (socket: protoco
 // receive its line.
 const sctpWriteTimeout = 5 * time.Second
 
-// sctpSocket opens a non-blocking one-to-one SCTP socket. Non-blocking so
-// that the fd can be handed to the runtime poller through os.NewFile, which
-// gives deadlines and a Close that wakes a blocked accept.
-func sctpSocket(family int) (int, error) {
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
+// sctpSocket opens a non-blocking one-to-one SCTP socket.
+func sctpSocket(family int) (int, error) { return streamSocket(family, unix.IPPROTO_SCTP) }
+
+// streamSocket opens a non-blocking SOCK_STREAM socket of a protocol (SCTP;
+// TCP in tests, which exercise the same code on kernels without SCTP).
+// Non-blocking so that the fd can be handed to the runtime poller through
+// os.NewFile, which gives deadlines and a Close that wakes a blocked accept.
+func streamSocket(family, proto int) (int, error) {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if proto == unix.IPPROTO_SCTP && (errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT)) {
 		return -1, ErrSCTPUnsupported
 	}
 	if err != nil {
@@ -36,20 +41,23 @@ func sctpSocket(family int) (int, error) {
 }
 
 type sctpListener struct {
-	f    *os.File
-	addr netip.AddrPort
+	f      *os.File
+	addr   netip.AddrPort
+	closed atomic.Bool
 }
 
 // listenSCTP listens on all addresses: a dual-stack AF_INET6 socket, or
 // AF_INET when the kernel has IPv6 disabled.
-func listenSCTP(port int) (*sctpListener, error) {
+func listenSCTP(port int) (*sctpListener, error) { return listenStream(unix.IPPROTO_SCTP, port) }
+
+func listenStream(proto, port int) (*sctpListener, error) {
 	if port < 0 || port > 65535 {
 		return nil, fmt.Errorf("bad port %d", port)
 	}
-	fd, err := sctpSocket(unix.AF_INET6)
+	fd, err := streamSocket(unix.AF_INET6, proto)
 	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: port}
 	if errors.Is(err, unix.EAFNOSUPPORT) {
-		fd, err = sctpSocket(unix.AF_INET)
+		fd, err = streamSocket(unix.AF_INET, proto)
 		sa = &unix.SockaddrInet4{Port: port}
 	}
 	if err != nil {
@@ -84,7 +92,11 @@ func listenSCTP(port int) (*sctpListener, error) {
 	return &sctpListener{f: os.NewFile(uintptr(fd), "sctp-listener"), addr: sockaddrToAddrPort(local)}, nil
 }
 
-func (l *sctpListener) Close() error { return l.f.Close() }
+// Close stops the listener and wakes a pending accept.
+func (l *sctpListener) Close() error {
+	l.closed.Store(true)
+	return l.f.Close()
+}
 
 // accept waits for one association; it fails with os.ErrClosed after Close.
 func (l *sctpListener) accept() (*os.File, netip.AddrPort, error) {
@@ -100,6 +112,11 @@ func (l *sctpListener) accept() (*os.File, netip.AddrPort, error) {
 		return !errors.Is(acceptErr, unix.EAGAIN)
 	})
 	if err != nil {
+		if l.closed.Load() {
+			// The raw-conn path reports "use of closed file", not
+			// os.ErrClosed.
+			err = os.ErrClosed
+		}
 		return nil, netip.AddrPort{}, err
 	}
 	if acceptErr != nil {
@@ -112,7 +129,7 @@ func (s *Server) serveSCTP(l *sctpListener) {
 	for {
 		conn, peer, err := l.accept()
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
+			if errors.Is(err, os.ErrClosed) || l.closed.Load() {
 				return
 			}
 			s.logger.Printf("sctp accept: %v", err)
@@ -134,6 +151,10 @@ func (s *Server) serveSCTP(l *sctpListener) {
 // sctpRequest opens one association to addr, reads until the server closes
 // and returns what it read.
 func sctpRequest(ctx context.Context, addr netip.AddrPort) (string, error) {
+	return streamRequest(ctx, unix.IPPROTO_SCTP, addr)
+}
+
+func streamRequest(ctx context.Context, proto int, addr netip.AddrPort) (string, error) {
 	family := unix.AF_INET
 	var sa unix.Sockaddr
 	if ip := addr.Addr().Unmap(); ip.Is4() {
@@ -148,7 +169,7 @@ func sctpRequest(ctx context.Context, addr netip.AddrPort) (string, error) {
 		}
 		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16(), ZoneId: zone}
 	}
-	fd, err := sctpSocket(family)
+	fd, err := streamSocket(family, proto)
 	if err != nil {
 		return "", err
 	}
@@ -171,35 +192,28 @@ func sctpRequest(ctx context.Context, addr netip.AddrPort) (string, error) {
 	return string(b), nil
 }
 
-// waitConnected waits for a non-blocking connect to finish, like the
-// standard library does for TCP: writability, then SO_ERROR, then a peer.
+// waitConnected waits for a non-blocking connect to finish. Each time the
+// poller runs the callback (once at once, then after each writability edge)
+// it looks at the socket itself: an error in SO_ERROR fails, a peer name
+// means connected, neither means still in progress. Looking first matters:
+// the connect may have finished before the wait began, and the edge that
+// said so is gone.
 func waitConnected(f *os.File) error {
 	raw, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	first := true
 	var connErr error
 	err = raw.Write(func(fd uintptr) bool {
-		if first {
-			// The callback runs once before any waiting; make the poller
-			// wait for writability first.
-			first = false
-			return false
-		}
 		soErr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
 		if err != nil {
 			connErr = os.NewSyscallError("getsockopt SO_ERROR", err)
 			return true
 		}
 		switch e := unix.Errno(soErr); e {
-		case 0:
-			if _, err := unix.Getpeername(int(fd)); err == nil {
-				return true
-			}
-			return false
-		case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
-			return false
+		case 0, unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
+			_, err := unix.Getpeername(int(fd))
+			return err == nil
 		default:
 			connErr = os.NewSyscallError("connect", e)
 			return true

@@ -254,6 +254,18 @@ func (k *Kubelet) onPod(obj any) {
 	w.update(pod)
 }
 
+// nameTaken says whether another pod of this name has a worker.
+func (k *Kubelet) nameTaken(namespace, name string, except types.UID) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for uid, w := range k.workers {
+		if uid != except && w.ns == namespace && w.nm == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (k *Kubelet) onDelete(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj

@@ -310,10 +310,11 @@ func TestKubeletRealNetns(t *testing.T) {
 	web := l.createPod("web", httpProbe())
 	tcp := l.createPod("tcp", &v1.Probe{PeriodSeconds: 1, ProbeHandler: v1.ProbeHandler{TCPSocket: &v1.TCPSocketAction{Port: intstr.FromInt32(8080)}}})
 	exe := l.createPod("exec", &v1.Probe{PeriodSeconds: 1, ProbeHandler: v1.ProbeHandler{Exec: &v1.ExecAction{Command: []string{"sh", "-c", "exit 0"}}}})
+	noProbe := l.createPod("noprobe", nil)
 
 	gw := ""
 	ips := map[string]string{}
-	for _, name := range []string{"web", "tcp", "exec"} {
+	for _, name := range []string{"web", "tcp", "exec", "noprobe"} {
 		p := l.waitReady(name, true)
 		ip := netip.MustParseAddr(p.Status.PodIP)
 		prefix := netip.MustParsePrefix(l.cidr)
@@ -407,21 +408,37 @@ func TestKubeletRealNetns(t *testing.T) {
 	})
 
 	// A kubelet that exits leaves its pods running; the next run removes
-	// the ones whose pods are gone and sets up new ones.
+	// the ones whose pods are gone, sets up again (same IP) the ones that
+	// still exist, and sets up new ones.
+	exeIP := l.mustIP("exec")
 	stop()
-	if !strings.Contains(netnsList(t), PodNetnsName(exe.UID)) {
-		t.Fatal("kubelet exit tore the exec pod down without --teardown-on-exit")
+	if ns := netnsList(t); !strings.Contains(ns, PodNetnsName(exe.UID)) || !strings.Contains(ns, PodNetnsName(noProbe.UID)) {
+		t.Fatal("kubelet exit tore pods down without --teardown-on-exit")
 	}
-	if err := l.client.CoreV1().Pods("default").Delete(context.Background(), "exec", metav1.DeleteOptions{}); err != nil {
+	l.expectAnswers(l.nodeNS, "tcp", "noprobe", l.mustIP("noprobe"), gw)
+	if err := l.client.CoreV1().Pods("default").Delete(context.Background(), "noprobe", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	stop2 := l.start(true)
-	l.checkGone(exe)
+	l.checkGone(noProbe)
 	late := l.createPod("late", httpProbe())
 	l.waitReady("late", true)
 	l.expectAnswers(l.nodeNS, "udp", "late", l.mustIP("late"), gw)
+	waitFor(t, 30*time.Second, "exec set up again after the restart", func() (bool, string) {
+		p, err := l.get("exec")
+		if err != nil {
+			return false, err.Error()
+		}
+		cs := p.Status.ContainerStatuses
+		return podReady(p.Status) && len(cs) == 1 && cs[0].RestartCount >= 2, fmt.Sprintf("%+v", p.Status)
+	})
+	if ip := l.mustIP("exec"); ip != exeIP {
+		t.Errorf("exec changed IP across a kubelet restart: %s -> %s", exeIP, ip)
+	}
+	l.expectAnswers(l.nodeNS, "tcp", "exec", exeIP, gw)
 	stop2()
 	l.checkGone(late)
+	l.checkGone(exe)
 
 	// Nothing of ours is left: no pod namespaces, no veths in the node.
 	ns := netnsList(t)

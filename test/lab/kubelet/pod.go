@@ -39,6 +39,11 @@ type podWorker struct {
 	// Owned by the worker goroutine.
 	pod        *v1.Pod
 	statusFail time.Time // last failed status write, for retry pacing
+	// The last status sent and what the API stored from it. When the API
+	// normalizes a field (drops one its version does not know), the
+	// stored status never equals the built one; these stop that from
+	// becoming a write on every tick.
+	lastSent, lastStored *v1.PodStatus
 }
 
 func newPodWorker(k *Kubelet, pod *v1.Pod) *podWorker {
@@ -332,7 +337,11 @@ func (w *podWorker) serve(ctx context.Context, sup *supervisor, netw podNetwork,
 // write is retried on a later tick rather than blocking the pod.
 func (w *podWorker) syncStatus(ctx context.Context, rt podRuntime) {
 	now := time.Now()
-	if statusEqual(w.pod.Status, buildStatus(w.pod, rt, now)) {
+	desired := buildStatus(w.pod, rt, now)
+	if statusEqual(w.pod.Status, desired) {
+		return
+	}
+	if w.lastSent != nil && statusEqual(desired, *w.lastSent) && statusEqual(w.pod.Status, *w.lastStored) {
 		return
 	}
 	if !w.statusFail.IsZero() && now.Sub(w.statusFail) < time.Second {
@@ -358,6 +367,7 @@ func (w *podWorker) syncStatus(ctx context.Context, rt podRuntime) {
 		}
 		next := cur.DeepCopy()
 		next.Status = desired
+		sent := desired
 		cur = nil // a conflict means the object moved on: re-read it
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -366,6 +376,7 @@ func (w *podWorker) syncStatus(ctx context.Context, rt podRuntime) {
 			return err
 		}
 		w.pod = updated
+		w.lastSent, w.lastStored = &sent, updated.Status.DeepCopy()
 		return nil
 	})
 	switch {
@@ -405,7 +416,10 @@ func (w *podWorker) teardown(sup *supervisor, netw podNetwork) {
 		w.logf("network removed (%s, %s, %s released)", netw.Netns, netw.Veth, netw.IP)
 	}
 	k.alloc.Release(string(w.uid))
-	_ = os.RemoveAll(podControlDir(k.cfg.StateDir, w.ns, w.nm))
+	if !k.nameTaken(w.ns, w.nm, w.uid) {
+		// A same-named successor (new UID) shares the directory.
+		_ = os.RemoveAll(podControlDir(k.cfg.StateDir, w.ns, w.nm))
+	}
 }
 
 // deleteObject finishes a graceful deletion: grace period 0 with a UID
