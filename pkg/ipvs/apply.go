@@ -101,9 +101,11 @@ func (a *Applier) Reconcile(d *Desired) error {
 	for _, addr := range kernel.Addresses {
 		a.addrs[addr] = struct{}{}
 	}
-	a.desired = maps.Clone(d.VirtualServers)
-	if a.desired == nil {
-		a.desired = map[VSKey]*VirtualServer{}
+	a.desired = make(map[VSKey]*VirtualServer, len(d.VirtualServers))
+	for key, vs := range d.VirtualServers {
+		if vs != nil {
+			a.desired[key] = vs
+		}
 	}
 	a.byService = d.ByService
 	if a.byService == nil {
@@ -179,6 +181,9 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 		old := a.byService[svc]
 		delete(a.byService, svc)
 		for _, vs := range old {
+			if vs == nil {
+				continue
+			}
 			if have := a.observed[vs.Key]; have != nil {
 				subObs.VirtualServers[vs.Key] = have
 			}
@@ -286,7 +291,9 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) error {
 		if op.VS != nil && notAdded[op.VS.Key] {
 			continue // already reported by the failed add
 		}
-		klog.V(4).InfoS("IPVS op", "op", op.String())
+		if v := klog.V(4); v.Enabled() {
+			v.InfoS("IPVS op", "op", op.String())
+		}
 		if err := a.do(op); err != nil {
 			errs = append(errs, opError(op, err))
 			if op.VS != nil {

@@ -434,6 +434,11 @@ func TestApplyDesiredWithoutByService(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.checkKernel(t, &d.State)
+	// Nil entries are ignored rather than crashing the sync loop.
+	d.VirtualServers[VSKey{ip("10.96.0.30"), 80, ProtoTCP}] = nil
+	if err := r.a.Reconcile(d); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.a.ApplyServices([]servicecache.ServiceKey{key("default", "web")}, &Desired{}); err != nil {
 		t.Fatal(err)
 	}

@@ -207,3 +207,27 @@ func TestOpString(t *testing.T) {
 		}
 	}
 }
+
+func TestDumpIPVSIsDumpWithoutAddresses(t *testing.T) {
+	st := state([]string{"fd00::10", "10.96.0.10"},
+		vs("10.96.0.10:80/TCP", "10.244.1.2:80"),
+		&VirtualServer{Key: VSKey{ip("10.96.0.10"), 81, ProtoUDP}, Scheduler: "rr", RealServers: []RealServer{
+			{Key: RSKey{ip("10.244.1.3"), 81}, Weight: 2}, {Key: RSKey{ip("10.244.1.2"), 81}, Weight: 1},
+		}})
+	want := `-A -t 10.96.0.10:80 -s rr
+-a -t 10.96.0.10:80 -r 10.244.1.2:80 -m -w 1
+-A -u 10.96.0.10:81 -s rr
+-a -u 10.96.0.10:81 -r 10.244.1.2:81 -m -w 1
+-a -u 10.96.0.10:81 -r 10.244.1.3:81 -m -w 2
+`
+	if got := st.DumpIPVS(); got != want {
+		t.Errorf("DumpIPVS:\n%s\nwant:\n%s", got, want)
+	}
+	if got := st.Dump(); got != "addr 10.96.0.10/32\naddr fd00::10/128\n"+want {
+		t.Errorf("Dump:\n%s", got)
+	}
+	var nilState *State
+	if nilState.Dump() != "" || nilState.DumpIPVS() != "" {
+		t.Error("nil state dumps something")
+	}
+}

@@ -3,7 +3,9 @@
 package ipvs
 
 import (
+	"errors"
 	"net"
+	"strings"
 	"testing"
 
 	libipvs "github.com/moby/ipvs"
@@ -70,4 +72,22 @@ func TestHostAddr(t *testing.T) {
 	if got := hostAddr(ip("fd00::10")).IPNet.String(); got != "fd00::10/128" {
 		t.Errorf("got %s", got)
 	}
+}
+
+// TestNewKernelIPVSWithoutIPVS runs the availability probe for real: on a
+// kernel without IPVS (like most CI hosts) it must fail clearly instead of
+// returning a handle that silently does nothing.
+func TestNewKernelIPVSWithoutIPVS(t *testing.T) {
+	k, err := NewKernelIPVS()
+	if err == nil {
+		k.Close()
+		t.Skip("this kernel has IPVS")
+	}
+	if !errors.Is(err, ErrIPVSUnavailable) {
+		t.Skipf("no generic netlink here: %v", err)
+	}
+	if !strings.Contains(err.Error(), "load the ip_vs module") {
+		t.Errorf("unclear error: %v", err)
+	}
+	t.Log(err)
 }

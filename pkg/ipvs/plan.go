@@ -82,9 +82,8 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	if snap != nil {
 		services = snap.Services
 	}
-	// Most Services have one or two virtual servers and one cluster IP; a
-	// counting pass would cost more (it touches every Service twice) than
-	// the occasional map growth.
+	// Sized for the common one or two virtual servers per Service rather
+	// than counted first, which would walk every Service twice.
 	d := newDesired(p, 2*len(services), len(services))
 	addrs := make([]netip.Addr, 0, 2*len(services))
 	for _, svc := range services {
