@@ -10,7 +10,7 @@ LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet
 
 build:
 	@mkdir -p $(BIN)
-	@if [ -d cmd/proxy ]; then go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy; fi
+	@if [ -f cmd/proxy/main.go ]; then go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy; fi
 
 # Debian packages, the lab kernel and its initramfs (idempotent).
 lab-deps:

@@ -33,10 +33,11 @@ type Cache struct {
 	nodeName string
 	logger   klog.Logger
 
-	factories []informers.SharedInformerFactory
-	svcLister corelisters.ServiceLister
-	slices    cache.Indexer
-	synced    []cache.InformerSynced
+	factories  []informers.SharedInformerFactory
+	svcLister  corelisters.ServiceLister
+	nodeLister corelisters.NodeLister
+	slices     cache.Indexer
+	synced     []cache.InformerSynced
 
 	// mu guards the state written by event handlers.
 	mu    sync.Mutex
@@ -127,6 +128,7 @@ func New(client kubernetes.Interface, nodeName string, opts ...Option) (*Cache, 
 		return nil, fmt.Errorf("servicecache: slice index: %w", err)
 	}
 	c.svcLister = svcInf.Lister()
+	c.nodeLister = nodeInf.Lister()
 	c.slices = sliceInf.Informer().GetIndexer()
 
 	handlers := []struct {
@@ -522,4 +524,18 @@ func stripManagedFields(obj any) (any, error) {
 		a.SetManagedFields(nil)
 	}
 	return obj, nil
+}
+
+// NodeObject returns this node's Node as last seen (nil if unknown), for
+// the health server, which reports a node being deleted or drained.
+// The object is shared with the informer: never modify it.
+func (c *Cache) NodeObject() *v1.Node {
+	if c.nodeLister == nil {
+		return nil
+	}
+	n, err := c.nodeLister.Get(c.nodeName)
+	if err != nil {
+		return nil
+	}
+	return n
 }

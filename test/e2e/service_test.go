@@ -37,7 +37,7 @@ func TestClusterIPReachesEveryBackend(t *testing.T) {
 			}
 		}
 		requireLines(t, n+": ipvsadm -Sn", sn, want, false)
-		requireLines(t, n+": ipset list KUBE-CLUSTER-IP", nodeOutput(t, n, "ipset", "list", "KUBE-CLUSTER-IP"),
+		waitLines(t, n, "ipset list KUBE-CLUSTER-IP", []string{"ipset", "list", "KUBE-CLUSTER-IP"},
 			[]string{cip + ",tcp:80", cip + ",udp:80"}, false)
 		if !strings.Contains(nodeOutput(t, n, "ip", "-o", "addr", "show", "dev", "kube-ipvs0"), " "+cip+"/32 ") {
 			t.Fatalf("%s: %s is not bound to kube-ipvs0", n, cip)
@@ -75,9 +75,9 @@ func TestNodePortReachesEveryBackend(t *testing.T) {
 				t.Fatalf("step: NodePort virtual server on %s: %v", n, err)
 			}
 		}
-		requireLines(t, n+": ipset list KUBE-NODE-PORT-TCP", nodeOutput(t, n, "ipset", "list", "KUBE-NODE-PORT-TCP"),
+		waitLines(t, n, "ipset list KUBE-NODE-PORT-TCP", []string{"ipset", "list", "KUBE-NODE-PORT-TCP"},
 			[]string{fmt.Sprint(app.nodePort(v1.ProtocolTCP))}, false)
-		requireLines(t, n+": ipset list KUBE-NODE-PORT-UDP", nodeOutput(t, n, "ipset", "list", "KUBE-NODE-PORT-UDP"),
+		waitLines(t, n, "ipset list KUBE-NODE-PORT-UDP", []string{"ipset", "list", "KUBE-NODE-PORT-UDP"},
 			[]string{fmt.Sprint(app.nodePort(v1.ProtocolUDP))}, false)
 		requireRule(t, n, "nat", "KUBE-NODE-PORT", "--match-set KUBE-NODE-PORT-TCP dst", "-j KUBE-MARK-MASQ")
 	}
@@ -120,7 +120,7 @@ func TestHairpin(t *testing.T) {
 		for _, ip := range app.podIPs() {
 			want = append(want, fmt.Sprintf("%s,tcp:8080,%s", ip, ip))
 		}
-		requireLines(t, n+": ipset list KUBE-LOOP-BACK", nodeOutput(t, n, "ipset", "list", "KUBE-LOOP-BACK"), want, false)
+		waitLines(t, n, "ipset list KUBE-LOOP-BACK", []string{"ipset", "list", "KUBE-LOOP-BACK"}, want, false)
 		requireRule(t, n, "nat", "KUBE-POSTROUTING", "--match-set KUBE-LOOP-BACK dst,dst,src", "-j MASQUERADE")
 	}
 }

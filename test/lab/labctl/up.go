@@ -63,7 +63,7 @@ func Up(ctx context.Context, c Config, w io.Writer) error {
 		}
 	}
 	for _, f := range []string{c.toolBin("kube-apiserver"), c.toolBin("kube-controller-manager"), c.toolBin("kubectl"),
-		c.proxyBinary(), c.ourBin("labkubelet"), c.ourBin("labecho"), c.ourBin("labagent")} {
+		c.proxyBinary(), c.ourBin("labkubelet"), c.ourBin("labecho"), c.ourBin("labagent"), c.ourBin("lab")} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("missing %s: build the lab first (make lab-bins)", f)
 		}

@@ -44,13 +44,9 @@ func (c Config) startVM() error {
 	if err != nil {
 		return err
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	// qemu starts one pipe per guest connection to the API server (the cmd:
 	// form; the tcp: form carries only the first connection).
-	pipe := fmt.Sprintf("%s pipe 127.0.0.1:%d", self, c.APIPort)
+	pipe := fmt.Sprintf("%s pipe 127.0.0.1:%d", c.ourBin("lab"), c.APIPort)
 	netdev := strings.Join([]string{
 		"user", "id=n0", "restrict=on", "net=10.0.2.0/24",
 		fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", c.AgentPort, guestAgentPort),

@@ -1,0 +1,161 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/proxy"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/runner"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/sysctl"
+)
+
+// Run is the proxy: it checks the kernel, waits for the informer caches,
+// then syncs until ctx is cancelled. On SIGTERM it returns and leaves the
+// kernel state in place, so traffic keeps flowing while it restarts.
+func Run(ctx context.Context, o *Options) error {
+	if o.Cleanup {
+		return errors.New("--cleanup is not supported yet")
+	}
+	nodeName, err := o.NodeName()
+	if err != nil {
+		return err
+	}
+	clusterCIDRs, err := o.ClusterCIDRPrefixes()
+	if err != nil {
+		return err
+	}
+	npa, err := ParseNodePortAddresses(o.NodePortAddresses)
+	if err != nil {
+		return err
+	}
+
+	// The kernel first: without IPVS there is nothing to do, and the
+	// operator must hear it at once.
+	kipvs, err := ipvs.NewKernelIPVS()
+	if err != nil {
+		return err
+	}
+	defer kipvs.Close()
+	if err := sysctl.EnsureIPVSSysctls(sysctl.New(), sysctl.IPVSOptions{StrictARP: o.IPVSStrictARP, Logger: klog.FromContext(ctx)}); err != nil {
+		return err
+	}
+	ipset, err := iptables.NewNetlinkIPSet()
+	if err != nil {
+		return err
+	}
+	defer ipset.Close()
+	families := []iptables.Family{iptables.IPv4}
+	tables := map[iptables.Family]iptables.Tables{}
+	t4, err := iptables.NewIptablesTables(iptables.IPv4, iptables.BackendDefault)
+	if err != nil {
+		return err
+	}
+	tables[iptables.IPv4] = t4
+	if ipv6Enabled() {
+		if t6, err := iptables.NewIptablesTables(iptables.IPv6, iptables.BackendDefault); err == nil {
+			tables[iptables.IPv6] = t6
+			families = append(families, iptables.IPv6)
+		} else {
+			klog.InfoS("IPv6 is enabled but ip6tables is not usable; programming IPv4 only", "err", err)
+		}
+	}
+
+	restCfg, err := o.RESTConfig()
+	if err != nil {
+		return err
+	}
+	client, err := servicecache.NewClientset(restCfg)
+	if err != nil {
+		return err
+	}
+	cache, err := servicecache.New(client, nodeName)
+	if err != nil {
+		return err
+	}
+
+	metrics.Register()
+	go serveForever(ctx, "metrics", func(ctx context.Context) error {
+		return metrics.Serve(ctx, o.MetricsBindAddress, metrics.NewHandler(metrics.HandlerOptions{EnableProfiling: o.EnableProfiling}))
+	})
+	health := healthcheck.NewProxyHealthServer(o.HealthzBindAddress, o.HealthTimeout(), cache.NodeObject)
+	if o.HealthzBindAddress != "" {
+		go serveForever(ctx, "healthz", health.Run)
+	}
+
+	p := proxy.New(proxy.Config{
+		Scheduler:     o.Scheduler(),
+		Families:      families,
+		ClusterCIDRs:  clusterCIDRs,
+		MasqueradeAll: o.MasqueradeAll,
+		NodePortCIDRs: npa.Prefixes,
+		NodePortAddresses: func(nodeAddrs []netip.Addr) []netip.Addr {
+			return ResolveNodePortAddresses(npa, nodeAddrs)
+		},
+	}, cache, proxy.LocalAddresses, ipvs.NewApplier(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName)),
+		&iptables.Applier{IPSet: ipset, Tables: tables}, health)
+
+	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
+	cache.OnChange(func() {
+		for _, f := range families {
+			health.QueuedUpdate(familyOf(f))
+		}
+		r.Trigger()
+	})
+	// As upstream: the health server judges a family only after its first
+	// Updated, so a first sync that hangs must still be reported.
+	for _, f := range families {
+		health.Updated(familyOf(f))
+	}
+
+	cache.Start(ctx)
+	klog.InfoS("Waiting for the Service, EndpointSlice and Node caches to sync", "node", nodeName)
+	if !cache.WaitForCacheSync(ctx) {
+		return fmt.Errorf("informer caches did not sync: %w", context.Cause(ctx))
+	}
+	klog.InfoS("Caches synced; starting the sync loop", "node", nodeName, "families", families,
+		"scheduler", o.Scheduler(), "syncPeriod", o.IPVSSyncPeriod, "minSyncPeriod", o.EffectiveMinSyncPeriod())
+	r.Loop(ctx)
+	cache.Shutdown()
+	klog.InfoS("Stopping; the kernel state stays in place")
+	return nil
+}
+
+func familyOf(f iptables.Family) v1.IPFamily {
+	if f == iptables.IPv6 {
+		return v1.IPv6Protocol
+	}
+	return v1.IPv4Protocol
+}
+
+func ipv6Enabled() bool {
+	_, err := os.Stat("/proc/net/if_inet6")
+	return err == nil
+}
+
+// serveForever runs a server, restarting it after a failure (a port still
+// in use by the previous instance right after a restart).
+func serveForever(ctx context.Context, name string, serve func(context.Context) error) {
+	for ctx.Err() == nil {
+		err := serve(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		klog.ErrorS(err, "Server failed; restarting it", "server", name)
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
