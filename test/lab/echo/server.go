@@ -178,8 +178,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// hold streams one line per second so tests get a connection that stays
-// open across endpoint changes (graceful termination).
+// hold streams one line per second for N seconds (lines "1/N" to "N/N",
+// the response ends N seconds after it started) so tests get a connection
+// that stays open across endpoint changes (graceful termination).
 func (s *Server) hold(w http.ResponseWriter, r *http.Request, client netip.AddrPort) {
 	n, err := strconv.Atoi(r.URL.Query().Get("seconds"))
 	if err != nil || n < 0 || n > maxHoldSeconds {
@@ -196,9 +197,8 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, client netip.AddrP
 		if flusher != nil {
 			flusher.Flush()
 		}
-		if i == n {
-			break
-		}
+		// Waiting after the last line too keeps the connection open for
+		// the full N seconds.
 		select {
 		case <-r.Context().Done():
 			return

@@ -433,8 +433,13 @@ func (w *podWorker) deleteObject(ctx context.Context) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := w.k.client.CoreV1().Pods(w.ns).Delete(dctx, w.nm, opts)
 		cancel()
-		if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		switch {
+		case err == nil:
 			w.logf("pod object deleted")
+			return
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			// Conflict: the UID precondition failed, the name is a new pod.
+			w.logf("pod object already gone")
 			return
 		}
 		if errors.Is(ctx.Err(), context.Canceled) {
