@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export LAB_CACHE ?= /var/cache/kube-ipvs-proxy-lab
 BIN := _output/bin
-PROXY ?= upstream
+PROXY ?= ours
 export PROXY
 LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
 
@@ -10,7 +10,7 @@ LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet
 
 build:
 	@mkdir -p $(BIN)
-	@if [ -f cmd/proxy/main.go ]; then go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy; fi
+	go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy
 
 # Debian packages, the lab kernel and its initramfs (idempotent).
 lab-deps:

@@ -67,7 +67,13 @@ func run(m *testing.M) int {
 		return code
 	}
 	down := time.Now()
-	if err := labctl.Down(ctx, lab, os.Stdout); err != nil {
+	pids := lab.HostPIDs()
+	err = labctl.Down(ctx, lab, os.Stdout)
+	if err == nil {
+		// `lab down` must leave nothing behind.
+		err = labctl.CheckDown(lab, pids)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: lab down:", err)
 		if code == 0 {
 			code = 1

@@ -48,7 +48,7 @@ func DefaultConfig() (Config, error) {
 	c := Config{
 		StateDir:  env("LAB_DIR", "/var/tmp/kube-ipvs-proxy-lab"),
 		Cache:     env("LAB_CACHE", "/var/cache/kube-ipvs-proxy-lab"),
-		Proxy:     env("PROXY", "upstream"),
+		Proxy:     env("PROXY", "ours"),
 		ProxyArgs: strings.Fields(os.Getenv("PROXY_ARGS")),
 		MemoryMiB: 3072,
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -211,4 +212,54 @@ func killStragglers(markers ...string) {
 			}
 		}
 	}
+}
+
+// HostPIDs returns the pids of the lab's host processes (for CheckDown).
+func (c Config) HostPIDs() []int {
+	var pids []int
+	for _, name := range c.hostProcs() {
+		if pid, ok := c.hostProcPid(name); ok {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// CheckDown verifies that `lab down` left nothing behind: none of the given
+// processes alive, no process naming the state dir, no state dir, and
+// none of the lab's ports answering.
+func CheckDown(c Config, pids []int) error {
+	var left []string
+	for _, pid := range pids {
+		if alive(pid) {
+			left = append(left, fmt.Sprintf("process %d still runs", pid))
+		}
+	}
+	if _, err := os.Stat(c.StateDir); err == nil {
+		left = append(left, "state dir "+c.StateDir+" still exists")
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || !alive(pid) {
+			continue
+		}
+		if s := strings.ReplaceAll(string(cmdline), "\x00", " "); strings.Contains(s, c.StateDir) {
+			left = append(left, fmt.Sprintf("process %d: %s", pid, s))
+		}
+	}
+	for _, port := range []int{c.APIPort, c.EtcdPort, c.AgentPort} {
+		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			conn.Close()
+			left = append(left, fmt.Sprintf("port %d still answers", port))
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("lab down left: %s", strings.Join(left, "; "))
+	}
+	return nil
 }

@@ -75,7 +75,9 @@ func (c Config) waitAgent(ctx context.Context) error {
 			return false, fmt.Errorf("qemu exited:\n%s\nconsole:\n%s", tailFile(c.LogFile("qemu"), 20), tailFile(c.LogFile("vm-console"), 30))
 		}
 		return ag.Healthy(ctx), nil
-	}, func() string { return "guest agent not answering; VM console:\n" + tailFile(c.LogFile("vm-console"), 40) })
+	}, func() string {
+		return "guest agent not answering; VM console:\n" + tailFile(c.LogFile("vm-console"), 40)
+	})
 }
 
 // vmSh runs a shell script in the VM's root namespace.

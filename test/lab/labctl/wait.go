@@ -158,7 +158,8 @@ func (c Config) IPVSRealServers(ctx context.Context, node, proto, vip string) ([
 // given real servers (IPs) taking new connections; want nil means the
 // virtual server must be gone.
 func (c Config) WaitIPVSRealServers(ctx context.Context, node, proto, vip string, want []string, timeout time.Duration) error {
-	want = append([]string(nil), want...)
+	gone := want == nil
+	want = append([]string{}, want...)
 	sort.Strings(want)
 	var got []string
 	var found bool
@@ -168,7 +169,7 @@ func (c Config) WaitIPVSRealServers(ctx context.Context, node, proto, vip string
 		if err != nil {
 			return false, err
 		}
-		if want == nil {
+		if gone {
 			return !found, nil
 		}
 		return found && strings.Join(got, ",") == strings.Join(want, ","), nil
