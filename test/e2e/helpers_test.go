@@ -55,7 +55,33 @@ func newEchoApp(t *testing.T, ns string, replicas int) *echoApp {
 	}
 	a.svc = svc
 	a.waitPods(t, replicas)
+	a.waitProgrammed(t)
 	return a
+}
+
+// waitProgrammed waits until every node programs the Service completely:
+// the virtual servers with the ready pods and the KUBE-CLUSTER-IP entries
+// (a proxy may fill its ipsets after IPVS; until then a pod's connection to
+// the ClusterIP can be refused by the KUBE-IPVS-FILTER rules).
+func (a *echoApp) waitProgrammed(t *testing.T) {
+	t.Helper()
+	vip := a.clusterIP() + ":80"
+	waitVS(t, "TCP", vip, a.podIPs())
+	waitVS(t, "UDP", vip, a.podIPs())
+	waitClusterIPSet(t, a.clusterIP(), "tcp", "udp")
+}
+
+// waitClusterIPSet waits until every node's KUBE-CLUSTER-IP set lists the
+// cluster IP with port 80 for each protocol.
+func waitClusterIPSet(t *testing.T, cip string, protos ...string) {
+	t.Helper()
+	var want []string
+	for _, p := range protos {
+		want = append(want, cip+","+p+":80")
+	}
+	for _, n := range lab.NodeNames() {
+		waitLines(t, n, "ipset list KUBE-CLUSTER-IP", []string{"ipset", "list", "KUBE-CLUSTER-IP"}, want, false)
+	}
 }
 
 // waitPods waits for n ready endpoints and records the pods behind them.

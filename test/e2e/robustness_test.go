@@ -124,6 +124,8 @@ func TestBadInputIsSkipped(t *testing.T) {
 	waitVS(t, "TCP", noPort.Spec.ClusterIP+":80", []string{})
 	// The duplicate endpoint appears once.
 	waitVS(t, "TCP", dup.Spec.ClusterIP+":80", []string{podIP})
+	waitClusterIPSet(t, mixed.Spec.ClusterIP, "tcp")
+	waitClusterIPSet(t, dup.Spec.ClusterIP, "tcp")
 	for _, n := range lab.NodeNames() {
 		rs, _, err := lab.IPVSVirtualServer(ctx, n, "TCP", dup.Spec.ClusterIP+":80")
 		if err != nil || len(rs) != 1 {
