@@ -245,6 +245,9 @@ func (k *Kubelet) onPod(obj any) {
 		}
 		w = newPodWorker(k, pod)
 		k.workers[pod.UID] = w
+		// The worker must see the pod before it starts: its first look
+		// decides whether there is a pod to run at all.
+		w.update(pod)
 		k.wg.Add(1)
 		go func() {
 			defer k.wg.Done()
