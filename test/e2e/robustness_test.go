@@ -27,7 +27,9 @@ func TestProxyRestartLosesNoRequest(t *testing.T) {
 	vip := app.clusterIP() + ":80"
 	waitVS(t, "TCP", vip, app.podIPs())
 	const node = "node1"
-	before := sortedLines(nodeOutput(t, node, "ipvsadm", "-Sn"))
+	// Only this Service's lines: other tests' namespaces may still be going.
+	mine := func() []string { return app.ipvsLines(nodeOutput(t, node, "ipvsadm", "-Sn")) }
+	before := mine()
 
 	// About 20 s of requests, one every 100 ms, each bounded by 2 s.
 	var wg sync.WaitGroup
@@ -43,7 +45,7 @@ func TestProxyRestartLosesNoRequest(t *testing.T) {
 	if err := lab.StopProxy(ctx, node); err != nil {
 		t.Fatalf("stopping the proxy: %v", err)
 	}
-	during := sortedLines(nodeOutput(t, node, "ipvsadm", "-Sn"))
+	during := mine()
 	if !slices.Equal(before, during) {
 		t.Errorf("the IPVS table changed while the proxy was stopped:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(during, "\n"))
 	}
@@ -64,14 +66,29 @@ func TestProxyRestartLosesNoRequest(t *testing.T) {
 	}
 	// The restarted proxy keeps the same state (once it has synced).
 	waitVS(t, "TCP", vip, app.podIPs())
-	after := sortedLines(nodeOutput(t, node, "ipvsadm", "-Sn"))
+	after := mine()
 	if !slices.Equal(before, after) {
 		t.Fatalf("the IPVS table differs after the restart:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
 }
 
-func sortedLines(s string) []string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
+// ipvsLines returns the sorted `ipvsadm -Sn` lines of the app's Service:
+// its ClusterIP and its NodePorts.
+func (a *echoApp) ipvsLines(dump string) []string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(dump), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		mine := strings.HasPrefix(f[2], a.clusterIP()+":")
+		for _, p := range a.svc.Spec.Ports {
+			mine = mine || strings.HasSuffix(f[2], fmt.Sprintf(":%d", p.NodePort))
+		}
+		if mine {
+			lines = append(lines, l)
+		}
+	}
 	slices.Sort(lines)
 	return lines
 }
