@@ -21,32 +21,121 @@ type Config struct {
 	// a node address on kube-ipvs0 would take the node's address away with
 	// it when it is later unbound.
 	LocalAddresses []netip.Addr
+	// ExcludeCIDRs (--ipvs-exclude-cidrs): no virtual server is planned on
+	// an address inside one of them (see Excluded), and the applier never
+	// deletes the ones it finds there.
+	ExcludeCIDRs []netip.Prefix
+	// LocalFallbackToCluster chooses, for externalTrafficPolicy: Local
+	// Services with no endpoint on this node, upstream IPVS mode's
+	// behaviour: the node port, external and load-balancer virtual servers
+	// balance to the cluster's endpoints. When false (the default), they
+	// are kept with no real server, so the traffic is refused, as
+	// upstream's iptables and nftables modes do (see select.go).
+	LocalFallbackToCluster bool
 }
 
 // planner holds the normalized Config for one planning run.
 type planner struct {
-	scheduler string
-	flags     Flags
-	nodeAddrs []netip.Addr
-	local     []netip.Addr
+	scheduler         string
+	flags             Flags
+	nodeAddrs         []netip.Addr
+	local             []netip.Addr
+	exclude           []netip.Prefix
+	fallbackToCluster bool
+	// This node, for local endpoints and topology hints ("" when unknown:
+	// no endpoint is local and no hint matches).
+	node, zone string
+	// problems found while planning, in Service order.
+	problems []Problem
 }
 
-func newPlanner(cfg Config) planner {
+func newPlanner(cfg Config, node *servicecache.Node) planner {
 	p := planner{
-		scheduler: cfg.Scheduler,
-		nodeAddrs: normalizeAddrs(cfg.NodePortAddresses),
-		local:     normalizeAddrs(cfg.LocalAddresses),
+		scheduler:         cfg.Scheduler,
+		exclude:           normalizePrefixes(cfg.ExcludeCIDRs),
+		local:             normalizeAddrs(cfg.LocalAddresses),
+		fallbackToCluster: cfg.LocalFallbackToCluster,
+	}
+	p.nodeAddrs = p.withoutExcluded(normalizeAddrs(cfg.NodePortAddresses))
+	if node != nil {
+		p.node, p.zone = node.Name, node.Zone
 	}
 	if p.scheduler == "" {
 		p.scheduler = DefaultScheduler
 	}
-	if p.scheduler == "mh" {
-		// Upstream hashes the source port too with maglev, otherwise every
-		// connection from one client lands on the same backend.
-		p.flags |= FlagSched2
-	}
+	// Upstream hashes the source port too with maglev, otherwise every
+	// connection from one client lands on the same backend.
+	p.flags = defaultSchedFlags(p.scheduler)
 	return p
 }
+
+// Excluded reports whether addr lies in one of cfg.ExcludeCIDRs: no virtual
+// server is planned on it, and the applier must neither delete a virtual
+// server found on it nor unbind it from kube-ipvs0.
+func Excluded(cfg Config, addr netip.Addr) bool {
+	return excluded(normalizePrefixes(cfg.ExcludeCIDRs), addr)
+}
+
+// Excluded is Excluded for the Config d was planned with.
+func (d *Desired) Excluded(addr netip.Addr) bool {
+	return d != nil && excluded(d.ExcludeCIDRs, addr)
+}
+
+func excluded(prefixes []netip.Prefix, addr netip.Addr) bool {
+	if len(prefixes) == 0 {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, pfx := range prefixes {
+		if pfx.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// normalizePrefixes drops invalid prefixes, masks them and turns
+// IPv4-mapped IPv6 ones (::ffff:10.0.0.0/104) into IPv4 ones, copying only
+// when something must change.
+func normalizePrefixes(pfxs []netip.Prefix) []netip.Prefix {
+	clean := true
+	for _, pfx := range pfxs {
+		if !pfx.IsValid() || pfx.Addr().Is4In6() || pfx != pfx.Masked() {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return pfxs
+	}
+	out := make([]netip.Prefix, 0, len(pfxs))
+	for _, pfx := range pfxs {
+		if !pfx.IsValid() {
+			continue
+		}
+		if a := pfx.Addr(); a.Is4In6() {
+			if pfx.Bits() < 96 {
+				// Wider than the mapped range: it also holds real IPv6
+				// addresses, keep it as written.
+				out = append(out, pfx.Masked())
+				continue
+			}
+			pfx = netip.PrefixFrom(a.Unmap(), pfx.Bits()-96)
+		}
+		out = append(out, pfx.Masked())
+	}
+	return out
+}
+
+// withoutExcluded drops the excluded addresses, copying only when needed.
+func (p *planner) withoutExcluded(addrs []netip.Addr) []netip.Addr {
+	if !slices.ContainsFunc(addrs, p.isExcluded) {
+		return addrs
+	}
+	return slices.DeleteFunc(slices.Clone(addrs), p.isExcluded)
+}
+
+func (p *planner) isExcluded(a netip.Addr) bool { return excluded(p.exclude, a) }
 
 // normalizeAddrs drops invalid addresses and unmaps IPv4-in-IPv6 ones,
 // copying only when something must change (the usual case is a no-op).
@@ -76,12 +165,16 @@ func usableAddr(a netip.Addr) bool { return a.IsValid() && !a.IsUnspecified() }
 // Plan computes every virtual server and bound address for snap. It is
 // deterministic: when two Services claim the same virtual server (e.g. the
 // same external IP and port), the first in snapshot order wins.
+//
+// The endpoints are selected for the node in snap.Node (local endpoints,
+// topology hints): a change of its name or zone needs a full Plan.
 func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
-	p := newPlanner(cfg)
 	var services []*servicecache.Service
+	var node *servicecache.Node
 	if snap != nil {
-		services = snap.Services
+		services, node = snap.Services, &snap.Node
 	}
+	p := newPlanner(cfg, node)
 	// Sized for the common one or two virtual servers per Service rather
 	// than counted first, which would walk every Service twice.
 	d := newDesired(p, 2*len(services), len(services))
@@ -91,6 +184,7 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	d.Addresses = slices.Clip(slices.Compact(addrs))
+	d.Problems = p.problems
 	return d
 }
 
@@ -99,7 +193,11 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 // Service and simply has no entry in ByService. cfg must be the one the last
 // full Plan used.
 func PlanServices(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, cfg Config) *Desired {
-	p := newPlanner(cfg)
+	var node *servicecache.Node
+	if snap != nil {
+		node = &snap.Node
+	}
+	p := newPlanner(cfg, node)
 	d := newDesired(p, 0, len(keys))
 	var addrs []netip.Addr
 	for _, key := range keys {
@@ -113,6 +211,7 @@ func PlanServices(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, c
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	d.Addresses = slices.Compact(addrs)
+	d.Problems = p.problems
 	return d
 }
 
@@ -121,6 +220,7 @@ func newDesired(p planner, nVS, nSvc int) *Desired {
 		State:             State{VirtualServers: make(map[VSKey]*VirtualServer, nVS)},
 		ByService:         make(map[servicecache.ServiceKey][]*VirtualServer, nSvc),
 		NodePortAddresses: sortedAddrs(p.nodeAddrs),
+		ExcludeCIDRs:      slices.Clone(p.exclude),
 	}
 }
 
@@ -156,11 +256,13 @@ func sortedAddrs(addrs []netip.Addr) []netip.Addr {
 	return slices.Compact(out)
 }
 
-// PlanService computes the virtual servers of one Service. The result may
-// repeat a key when the Service lists an address twice (e.g. an external IP
-// that is also its load-balancer IP); Plan and PlanServices keep the first.
-func PlanService(svc *servicecache.Service, cfg Config) []*VirtualServer {
-	p := newPlanner(cfg)
+// PlanService computes the virtual servers of one Service as seen from
+// node (nil: an unknown node, which has no local endpoint and matches no
+// topology hint). The result may repeat a key when the Service lists an
+// address twice (e.g. an external IP that is also its load-balancer IP);
+// Plan and PlanServices keep the first. Problems are not reported.
+func PlanService(svc *servicecache.Service, node *servicecache.Node, cfg Config) []*VirtualServer {
+	p := newPlanner(cfg, node)
 	return p.service(svc)
 }
 
@@ -184,8 +286,14 @@ func (p *planner) count(svc *servicecache.Service) int {
 // service builds the virtual servers of svc: one per cluster IP, external IP
 // and load-balancer IP of each port, and one per node address for a
 // NodePort. Addresses of a family the Service has no cluster IP of are
-// skipped, as upstream's per-family proxiers never see them.
+// skipped, as upstream's per-family proxiers never see them, and so are
+// excluded addresses. Problems with svc are appended to p.problems.
 func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
+	if svc == nil {
+		return nil
+	}
+	sched, flags, problems := p.schedOptions(svc, p.problems)
+	p.problems = problems
 	n := p.count(svc)
 	if n == 0 {
 		return nil
@@ -202,15 +310,27 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 		out:     make([]*VirtualServer, 0, n),
 		has4:    has4,
 		has6:    has6,
+		exclude: p.exclude,
 	}
-	// One buffer holds the real servers of every port.
-	nEps := 0
+	// One buffer holds the real servers of every port: each endpoint is
+	// taken at most once per category (cluster, local) a port uses.
+	nRS := 0
 	for i := range svc.Ports {
-		nEps += len(svc.Ports[i].Endpoints)
+		sp := &svc.Ports[i]
+		cluster, local := p.categories(svc, sp)
+		if cluster {
+			nRS += len(sp.Endpoints)
+		}
+		if local {
+			nRS += len(sp.Endpoints)
+		}
 	}
-	rsBuf := make([]RealServer, 0, nEps)
-	flags, timeout := p.flags, uint32(0)
+	rsBuf := make([]RealServer, 0, nRS)
+	timeout := uint32(0)
 	if svc.AffinityTimeoutSeconds > 0 {
+		// ClientIP affinity. The flag and the timeout are part of the
+		// virtual server's config (sameConfig), so turning affinity on or
+		// off or changing its timeout updates it in place (ipvsadm -E).
 		flags |= FlagPersistent
 		timeout = uint32(svc.AffinityTimeoutSeconds)
 	}
@@ -220,17 +340,15 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 		if !ok || sp.Port == 0 {
 			continue
 		}
-		var rs4, rs6 []RealServer
-		rs4, rs6, rsBuf = selectRealServers(rsBuf, sp.Endpoints)
+		b.sel, rsBuf = p.selectPort(rsBuf, svc, sp)
 		b.tmpl = VirtualServer{
 			Key:       VSKey{Port: sp.Port, Proto: proto},
-			Scheduler: p.scheduler,
+			Scheduler: sched,
 			Flags:     flags,
 			Timeout:   timeout,
 			Service:   svc.Key,
 			PortName:  sp.Name,
 		}
-		b.rs4, b.rs6 = rs4, rs6
 		for _, ip := range svc.ClusterIPs {
 			b.add(ip, sp.Port, KindClusterIP, true)
 		}
@@ -260,98 +378,25 @@ type vsBuilder struct {
 	backing    []VirtualServer
 	out        []*VirtualServer
 	tmpl       VirtualServer
-	rs4, rs6   []RealServer
+	sel        portSelection
 	has4, has6 bool
+	exclude    []netip.Prefix
 }
 
 func (b *vsBuilder) add(ip netip.Addr, port uint16, kind Kind, bind bool) {
 	ip = ip.Unmap()
-	if !usableAddr(ip) || (ip.Is4() && !b.has4) || (ip.Is6() && !b.has6) {
+	if !usableAddr(ip) || (ip.Is4() && !b.has4) || (ip.Is6() && !b.has6) || excluded(b.exclude, ip) {
 		return
 	}
 	vs := b.tmpl
 	vs.Key.Addr, vs.Key.Port = ip, port
 	vs.Kind, vs.Bind = kind, bind
-	if ip.Is4() {
-		vs.RealServers = b.rs4
+	fam := famIndex(ip.Is4())
+	if kind == KindClusterIP {
+		vs.RealServers = b.sel.internal[fam]
 	} else {
-		vs.RealServers = b.rs6
+		vs.RealServers = b.sel.external[fam]
 	}
 	b.backing = append(b.backing, vs)
 	b.out = append(b.out, &b.backing[len(b.backing)-1])
 }
-
-// selectRealServers picks the endpoints to balance to, per family: the
-// ready ones or, when a family has none, the serving and terminating ones
-// (upstream's fallback, so connections still work during a rollout that
-// replaces every pod). The results are sorted, and carved out of buf, whose
-// remainder is returned for the next port.
-func selectRealServers(buf []RealServer, eps []servicecache.Endpoint) (rs4, rs6, rest []RealServer) {
-	var ready4, ready6, term4, term6 int
-	for i := range eps {
-		ep := &eps[i]
-		a := ep.Addr.Unmap()
-		if !usableAddr(a) || ep.Port == 0 {
-			continue
-		}
-		switch {
-		case ep.Ready && a.Is4():
-			ready4++
-		case ep.Ready:
-			ready6++
-		case ep.Serving && ep.Terminating && a.Is4():
-			term4++
-		case ep.Serving && ep.Terminating:
-			term6++
-		}
-	}
-	useReady4, useReady6 := ready4 > 0, ready6 > 0
-	n4, n6 := term4, term6
-	if useReady4 {
-		n4 = ready4
-	}
-	if useReady6 {
-		n6 = ready6
-	}
-	if n4+n6 == 0 {
-		return nil, nil, buf
-	}
-	if cap(buf)-len(buf) < n4+n6 {
-		buf = make([]RealServer, 0, n4+n6) // only if the caller's guess was short
-	}
-	v4 := appendUsable(buf, eps, true, useReady4)
-	v6 := appendUsable(v4[len(v4):], eps, false, useReady6)
-	rest = v6[len(v6):]
-	return sortedUnique(v4), sortedUnique(v6), rest
-}
-
-// appendUsable appends the endpoints of one family that pass the filter.
-func appendUsable(buf []RealServer, eps []servicecache.Endpoint, v4, ready bool) []RealServer {
-	for i := range eps {
-		ep := &eps[i]
-		a := ep.Addr.Unmap()
-		if !usableAddr(a) || ep.Port == 0 || a.Is4() != v4 {
-			continue
-		}
-		if (ready && ep.Ready) || (!ready && !ep.Ready && ep.Serving && ep.Terminating) {
-			buf = append(buf, RealServer{Key: RSKey{Addr: a, Port: ep.Port}, Weight: 1, Forward: ForwardMasq})
-		}
-	}
-	return buf
-}
-
-// sortedUnique sorts in place (the snapshot is already sorted, so this is
-// usually just a check), drops duplicate keys and caps the capacity so that
-// no append can reach the other family's half of the buffer.
-func sortedUnique(rs []RealServer) []RealServer {
-	if len(rs) == 0 {
-		return nil
-	}
-	if !slices.IsSortedFunc(rs, compareRS) {
-		slices.SortStableFunc(rs, compareRS)
-	}
-	rs = slices.CompactFunc(rs, func(a, b RealServer) bool { return a.Key == b.Key })
-	return slices.Clip(rs)
-}
-
-func compareRS(a, b RealServer) int { return a.Key.Compare(b.Key) }

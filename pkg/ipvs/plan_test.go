@@ -32,7 +32,81 @@ func describePlan(d *Desired) string {
 	for _, a := range d.NodePortAddresses {
 		fmt.Fprintf(&b, "# nodeport address %s\n", a)
 	}
+	for _, p := range d.ExcludeCIDRs {
+		fmt.Fprintf(&b, "# exclude %s\n", p)
+	}
+	for _, p := range d.Problems {
+		fmt.Fprintf(&b, "# problem %s\n", p)
+	}
 	return b.String()
+}
+
+// onNode sets the node the snapshot is planned for.
+func snapOnNode(snap *servicecache.Snapshot, name, zone string) *servicecache.Snapshot {
+	snap.Node = servicecache.Node{Name: name, Zone: zone}
+	return snap
+}
+
+// at puts an endpoint on a node.
+func epAt(e servicecache.Endpoint, node string) servicecache.Endpoint {
+	e.NodeName = node
+	return e
+}
+
+// hinted sets an endpoint's topology hints (comma-separated, "" for none).
+func epHints(e servicecache.Endpoint, zones, nodes string) servicecache.Endpoint {
+	if zones != "" {
+		e.ZoneHints = strings.Split(zones, ",")
+	}
+	if nodes != "" {
+		e.NodeHints = strings.Split(nodes, ",")
+	}
+	return e
+}
+
+// with applies changes to a Service.
+func svcWith(s *servicecache.Service, change func(*servicecache.Service)) *servicecache.Service {
+	change(s)
+	return s
+}
+
+// annotated sets a Service's annotations from key, value pairs.
+func svcAnnotated(s *servicecache.Service, kv ...string) *servicecache.Service {
+	s.Annotations = map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		s.Annotations[kv[i]] = kv[i+1]
+	}
+	return s
+}
+
+func setETPLocal(s *servicecache.Service) { s.ExternalPolicyLocal = true }
+func setITPLocal(s *servicecache.Service) { s.InternalPolicyLocal = true }
+
+// policyServices are the Services of the traffic policy goldens, planned
+// on node-a: each has endpoints on node-a and node-b, or on node-b only.
+func policyServices(change func(*servicecache.Service)) *servicecache.Snapshot {
+	local := func(name string, vip string) *servicecache.Service {
+		return svcWith(svc("default", name, ips(vip), port("http", v1.ProtocolTCP, 80, 30080,
+			epAt(ep("10.244.1.2", 8080, "ready"), "node-a"),
+			epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+			epAt(ep("10.244.2.3", 8080, "ready"), "node-b"),
+		)), func(s *servicecache.Service) {
+			s.ExternalIPs = ips("203.0.113.10")
+			s.LoadBalancerIPs = ips("198.51.100.10")
+			change(s)
+		})
+	}
+	remote := func(name string, vip string) *servicecache.Service {
+		return svcWith(svc("default", name, ips(vip), port("http", v1.ProtocolTCP, 80, 30081,
+			epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+			epAt(ep("10.244.2.3", 8080, "ready"), "node-b"),
+		)), func(s *servicecache.Service) {
+			s.ExternalIPs = ips("203.0.113.11")
+			s.LoadBalancerIPs = ips("198.51.100.11")
+			change(s)
+		})
+	}
+	return snapOnNode(snapshot(local("with-local", "10.96.10.1"), remote("without-local", "10.96.10.2")), "node-a", "zone-a")
 }
 
 func TestPlanGolden(t *testing.T) {
@@ -136,6 +210,260 @@ func TestPlanGolden(t *testing.T) {
 			}(),
 		),
 	}, {
+		// iTP Local: the cluster IP balances to this node's endpoints
+		// only, or to none; external traffic (eTP Cluster) to all.
+		name: "itp-local",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: policyServices(setITPLocal),
+	}, {
+		// iTP Local never falls back to the cluster's endpoints.
+		name: "itp-local-fallback-switch",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10"), LocalFallbackToCluster: true},
+		snap: policyServices(setITPLocal),
+	}, {
+		// eTP Local: node port, external and load-balancer IPs balance
+		// to this node's endpoints, or to none; the cluster IP to all.
+		name: "etp-local",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: policyServices(setETPLocal),
+	}, {
+		// Upstream IPVS mode: with no local endpoint, the cluster's.
+		name: "etp-local-fallback",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10"), LocalFallbackToCluster: true},
+		snap: policyServices(setETPLocal),
+	}, {
+		name: "itp-etp-local",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: policyServices(func(s *servicecache.Service) { setITPLocal(s); setETPLocal(s) }),
+	}, {
+		// Ready first, then serving terminating, separately for the
+		// cluster and the local categories.
+		name: "terminating-per-category",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: snapOnNode(snapshot(
+			// Local: only a terminating one; cluster: a remote ready one.
+			svcWith(svc("default", "etp-local-term", ips("10.96.11.1"), port("http", v1.ProtocolTCP, 80, 30090,
+				epAt(ep("10.244.1.2", 8080, "terminating"), "node-a"),
+				epAt(ep("10.244.1.3", 8080, "gone"), "node-a"),
+				epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+			)), setETPLocal),
+			svcWith(svc("default", "itp-local-term", ips("10.96.11.2"), port("http", v1.ProtocolTCP, 80, 30091,
+				epAt(ep("10.244.1.2", 8080, "terminating"), "node-a"),
+				epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+			)), setITPLocal),
+			// Local: a ready one beats a terminating one; cluster: only
+			// terminating ones, remote and local.
+			svcWith(svc("default", "cluster-term", ips("10.96.11.3"), port("http", v1.ProtocolTCP, 80, 30092,
+				epAt(ep("10.244.1.2", 8080, "terminating"), "node-a"),
+				epAt(ep("10.244.2.2", 8080, "terminating"), "node-b"),
+				epAt(ep("10.244.2.3", 8080, "unready"), "node-b"),
+			)), setETPLocal),
+			svcWith(svc("default", "local-ready-first", ips("10.96.11.4"), port("http", v1.ProtocolTCP, 80, 30093,
+				epAt(ep("10.244.1.2", 8080, "terminating"), "node-a"),
+				epAt(ep("10.244.1.3", 8080, "ready"), "node-a"),
+			)), setITPLocal),
+		), "node-a", "zone-a"),
+	}, {
+		// Usable zone hints (PreferSameZone, PreferClose): the ready
+		// endpoints hinted for zone-a.
+		name: "topology-zone",
+		snap: snapOnNode(snapshot(
+			svcWith(svc("default", "same-zone", ips("10.96.12.1"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-b", ""),
+				epHints(epAt(ep("10.244.3.2", 8080, "ready"), "node-c"), "zone-a", ""),
+				epHints(epAt(ep("10.244.3.3", 8080, "unready"), "node-c"), "", ""),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferSameZone" }),
+			svcWith(svc("default", "prefer-close", ips("10.96.12.2"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-b", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a,zone-b", ""),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferClose" }),
+		), "node-a", "zone-a"),
+	}, {
+		// Hints that must be ignored: every ready endpoint is used.
+		name: "topology-zone-unusable",
+		snap: snapOnNode(snapshot(
+			// A ready endpoint has no hint.
+			svc("default", "missing-hint", ips("10.96.13.1"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", ""),
+				epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+			)),
+			// No endpoint for this node's zone.
+			svc("default", "other-zones", ips("10.96.13.2"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-b", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-c", ""),
+			)),
+			// Only an unready endpoint is hinted for this zone.
+			svc("default", "unready-in-zone", ips("10.96.13.3"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "unready"), "node-a"), "zone-a", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-b", ""),
+				epHints(epAt(ep("10.244.2.3", 8080, "ready"), "node-b"), "zone-c", ""),
+			)),
+			// No ready endpoint: the terminating fallback ignores hints.
+			svc("default", "terminating", ips("10.96.13.4"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "terminating"), "node-a"), "zone-a", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "terminating"), "node-b"), "zone-b", ""),
+			)),
+		), "node-a", "zone-a"),
+	}, {
+		// A node without a zone label ignores zone hints.
+		name: "topology-node-without-zone",
+		snap: snapOnNode(snapshot(
+			svc("default", "same-zone", ips("10.96.12.1"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-b", ""),
+			)),
+		), "node-a", ""),
+	}, {
+		// PreferSameNode: node hints when usable, else zone hints.
+		name: "topology-same-node",
+		snap: snapOnNode(snapshot(
+			svcWith(svc("default", "same-node", ips("10.96.14.1"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", "node-a"),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a", "node-b"),
+				epHints(epAt(ep("10.244.3.2", 8080, "ready"), "node-c"), "zone-b", "node-c"),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferSameNode" }),
+			// No endpoint on this node: the zone hints.
+			svcWith(svc("default", "zone-fallback", ips("10.96.14.2"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a", "node-b"),
+				epHints(epAt(ep("10.244.3.2", 8080, "ready"), "node-c"), "zone-b", "node-c"),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferSameNode" }),
+			// A node hint missing: the zone hints.
+			svcWith(svc("default", "node-hint-missing", ips("10.96.14.3"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", "node-a"),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a", ""),
+				epHints(epAt(ep("10.244.3.2", 8080, "ready"), "node-c"), "zone-b", "node-c"),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferSameNode" }),
+			// Neither usable: every ready endpoint.
+			svcWith(svc("default", "none-usable", ips("10.96.14.4"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-b", "node-b"),
+				epHints(epAt(ep("10.244.3.2", 8080, "ready"), "node-c"), "", "node-c"),
+			)), func(s *servicecache.Service) { s.TrafficDistribution = "PreferSameNode" }),
+		), "node-a", "zone-a"),
+	}, {
+		// Topology restricts the cluster endpoints of external traffic
+		// too (eTP Cluster), never the local ones (eTP Local).
+		name: "topology-external",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: snapOnNode(snapshot(
+			svc("default", "etp-cluster", ips("10.96.15.1"), port("http", v1.ProtocolTCP, 80, 30100,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-b", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a", ""),
+			)),
+			svcWith(svc("default", "etp-local", ips("10.96.15.2"), port("http", v1.ProtocolTCP, 80, 30101,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-b", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-a", ""),
+			)), setETPLocal),
+		), "node-a", "zone-a"),
+	}, {
+		// Each family is categorized on its own.
+		name: "dual-stack-policies",
+		cfg:  Config{NodePortAddresses: nodeAddrs},
+		snap: snapOnNode(snapshot(
+			svcWith(svc("default", "ds-local", ips("10.96.16.1", "fd00:96::16:1"), port("http", v1.ProtocolTCP, 80, 30110,
+				epAt(ep("10.244.1.2", 8080, "ready"), "node-a"),
+				epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+				epAt(ep("fd00:244::2:2", 8080, "ready"), "node-b"),
+				epAt(ep("fd00:244::1:3", 8080, "terminating"), "node-a"),
+			)), setETPLocal),
+			svc("default", "ds-topology", ips("10.96.16.2", "fd00:96::16:2"), port("http", v1.ProtocolTCP, 80, 0,
+				epHints(epAt(ep("10.244.1.2", 8080, "ready"), "node-a"), "zone-a", ""),
+				epHints(epAt(ep("10.244.2.2", 8080, "ready"), "node-b"), "zone-b", ""),
+				epHints(epAt(ep("fd00:244::1:2", 8080, "ready"), "node-a"), "zone-a", ""),
+				epAt(ep("fd00:244::2:2", 8080, "ready"), "node-b"),
+			)),
+			svcWith(svc("default", "ds-itp-local", ips("10.96.16.3", "fd00:96::16:3"), port("http", v1.ProtocolTCP, 80, 0,
+				epAt(ep("10.244.2.2", 8080, "ready"), "node-b"),
+				epAt(ep("fd00:244::1:2", 8080, "ready"), "node-a"),
+			)), setITPLocal),
+		), "node-a", "zone-a"),
+	}, {
+		name: "scheduler-annotation",
+		snap: snapshot(
+			svcAnnotated(svc("default", "sh", ips("10.96.20.1"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "sh"),
+			svcAnnotated(svc("default", "wlc", ips("10.96.20.2"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, " wlc "),
+			svcAnnotated(svc("default", "unknown", ips("10.96.20.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "fastest"),
+			svcAnnotated(svc("default", "empty", ips("10.96.20.4"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, ""),
+			svcAnnotated(svc("default", "mh", ips("10.96.20.5"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "mh"),
+			svcAnnotated(svc("default", "other-annotation", ips("10.96.20.6"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				"ipvs.kube-ipvs-proxy.io/something", "x"),
+		),
+	}, {
+		// The global scheduler is mh: its default flag (mh-port) applies
+		// to Services that fall back to it, not to those that leave it.
+		name: "scheduler-annotation-global-mh",
+		cfg:  Config{Scheduler: "mh"},
+		snap: snapshot(
+			svcAnnotated(svc("default", "rr", ips("10.96.21.1"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "rr"),
+			svcAnnotated(svc("default", "unknown", ips("10.96.21.2"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "MH"),
+		),
+	}, {
+		name: "sched-flags",
+		snap: snapshot(
+			svcAnnotated(svc("default", "mh-both", ips("10.96.22.1"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "mh", AnnotationSchedFlags, "mh-fallback, mh-port"),
+			svcAnnotated(svc("default", "mh-fallback", ips("10.96.22.2"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "mh", AnnotationSchedFlags, "mh-fallback"),
+			svcAnnotated(svc("default", "mh-none", ips("10.96.22.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "mh", AnnotationSchedFlags, ""),
+			svcAnnotated(svc("default", "mh-unknown", ips("10.96.22.4"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "mh", AnnotationSchedFlags, "mh-port,mh-bogus"),
+			svcAnnotated(svc("default", "sh-port", ips("10.96.22.5"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "sh", AnnotationSchedFlags, "sh-port,sh-fallback"),
+			svcAnnotated(svc("default", "sh-default", ips("10.96.22.6"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "sh"),
+			svcAnnotated(svc("default", "sh-with-mh-flag", ips("10.96.22.7"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "sh", AnnotationSchedFlags, "mh-port"),
+			svcAnnotated(svc("default", "rr-with-flag", ips("10.96.22.8"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationSchedFlags, "mh-port"),
+			// Both annotations wrong: two problems, global scheduler.
+			svcAnnotated(svc("default", "both-wrong", ips("10.96.22.9"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				AnnotationScheduler, "maglev", AnnotationSchedFlags, "mh-port"),
+		),
+	}, {
+		name: "affinity-variants",
+		snap: snapshot(
+			svcWith(svc("default", "default-timeout", ips("10.96.23.1"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				func(s *servicecache.Service) { s.AffinityTimeoutSeconds = 10800 }),
+			svcWith(svc("default", "short-timeout", ips("10.96.23.2"), port("http", v1.ProtocolTCP, 80, 30023, ep("10.244.1.2", 80, "ready"))),
+				func(s *servicecache.Service) { s.AffinityTimeoutSeconds = 60 }),
+			svc("default", "no-affinity", ips("10.96.23.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+			// Affinity with mh and its flags.
+			svcAnnotated(svcWith(svc("default", "mh-affinity", ips("10.96.23.4"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+				func(s *servicecache.Service) { s.AffinityTimeoutSeconds = 300 }), AnnotationScheduler, "mh"),
+		),
+		cfg: Config{NodePortAddresses: ips("192.168.1.10")},
+	}, {
+		// Nothing is planned on an excluded address: cluster, external,
+		// load-balancer IPs nor node addresses.
+		name: "exclude-cidrs",
+		cfg: Config{
+			NodePortAddresses: nodeAddrs,
+			ExcludeCIDRs: []netip.Prefix{
+				netip.MustParsePrefix("10.96.100.0/24"),
+				netip.MustParsePrefix("203.0.113.1/32"),
+				netip.MustParsePrefix("fd00:1::/64"),
+				netip.MustParsePrefix("::ffff:198.51.100.0/120"), // normalized to 198.51.100.0/24
+				netip.MustParsePrefix("10.97.0.1/16"),            // masked
+			},
+		},
+		snap: snapshot(
+			svcWith(svc("default", "excluded-vip", ips("10.96.100.1", "fd00:96::100:1"), port("http", v1.ProtocolTCP, 80, 30200,
+				ep("10.244.1.2", 80, "ready"), ep("fd00:244::1:2", 80, "ready"))),
+				func(s *servicecache.Service) {
+					s.ExternalIPs = ips("203.0.113.1", "203.0.113.2")
+					s.LoadBalancerIPs = ips("198.51.100.1")
+				}),
+			svc("default", "masked", ips("10.97.3.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.2", 80, "ready"))),
+		),
+	}, {
 		name: "bad-input",
 		cfg:  Config{NodePortAddresses: []netip.Addr{{}, ip("::ffff:192.168.1.10")}},
 		snap: &servicecache.Snapshot{Services: []*servicecache.Service{
@@ -230,7 +558,7 @@ func TestPlanServicesDeletedAndUnknown(t *testing.T) {
 	if d := Plan(&servicecache.Snapshot{Services: []*servicecache.Service{nil}}, Config{}); len(d.VirtualServers) != 0 {
 		t.Error("nil service planned something")
 	}
-	if got := PlanService(nil, Config{}); got != nil {
+	if got := PlanService(nil, nil, Config{}); got != nil {
 		t.Errorf("PlanService(nil) = %v", got)
 	}
 }
@@ -240,7 +568,7 @@ func TestPlanServicesDeletedAndUnknown(t *testing.T) {
 func TestPlanSharesRealServers(t *testing.T) {
 	s := svc("default", "np", ips("10.96.5.5"), port("http", v1.ProtocolTCP, 80, 30080, ep("10.244.1.2", 8080, "ready")))
 	s.ExternalIPs = ips("203.0.113.1")
-	vss := PlanService(s, Config{NodePortAddresses: ips("192.168.1.10")})
+	vss := PlanService(s, nil, Config{NodePortAddresses: ips("192.168.1.10")})
 	if len(vss) != 3 {
 		t.Fatalf("got %d virtual servers", len(vss))
 	}
@@ -299,5 +627,118 @@ func BenchmarkDiffNoChange50k(b *testing.B) {
 		if ops := Diff(obs, &d.State); len(ops) != 0 {
 			b.Fatal(ops)
 		}
+	}
+}
+
+// TestPlanServiceConfigChangesUpdate checks that a change of a Service's
+// affinity, scheduler or scheduler flags changes its virtual servers'
+// config, so that Diff updates them in place (ipvsadm -E) and leaves the
+// real servers alone.
+func TestPlanServiceConfigChangesUpdate(t *testing.T) {
+	base := func(change func(*servicecache.Service)) *servicecache.Snapshot {
+		s := svc("default", "web", ips("10.96.0.20"), port("http", v1.ProtocolTCP, 80, 30080,
+			ep("10.244.1.2", 8080, "ready"), ep("10.244.1.3", 8080, "ready")))
+		change(s)
+		return snapshot(s)
+	}
+	cfg := Config{NodePortAddresses: ips("192.168.1.10")}
+	none := func(*servicecache.Service) {}
+	affinity := func(sec int32) func(*servicecache.Service) {
+		return func(s *servicecache.Service) { s.AffinityTimeoutSeconds = sec }
+	}
+	annotate := func(kv ...string) func(*servicecache.Service) {
+		return func(s *servicecache.Service) { svcAnnotated(s, kv...) }
+	}
+	tests := []struct {
+		name     string
+		from, to func(*servicecache.Service)
+	}{
+		{"affinity on", none, affinity(10800)},
+		{"affinity off", affinity(10800), none},
+		{"affinity timeout", affinity(10800), affinity(60)},
+		{"scheduler annotation", none, annotate(AnnotationScheduler, "lc")},
+		{"scheduler annotation removed", annotate(AnnotationScheduler, "sh"), none},
+		{"mh flags", annotate(AnnotationScheduler, "mh"), annotate(AnnotationScheduler, "mh", AnnotationSchedFlags, "mh-fallback")},
+		{"mh flags cleared", annotate(AnnotationScheduler, "mh"), annotate(AnnotationScheduler, "mh", AnnotationSchedFlags, "")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			from, to := Plan(base(tt.from), cfg), Plan(base(tt.to), cfg)
+			ops := Diff(&from.State, &to.State)
+			if len(ops) != 2 {
+				t.Fatalf("want one update per virtual server, got %v", ops)
+			}
+			for _, op := range ops {
+				if op.Kind != OpUpdateService || op.VS != to.VirtualServers[op.VS.Key] {
+					t.Errorf("unexpected op %v", op)
+				}
+			}
+			if back := Diff(&to.State, &from.State); len(back) != 2 {
+				t.Errorf("reverse: %v", back)
+			}
+			if same := Diff(&to.State, &Plan(base(tt.to), cfg).State); len(same) != 0 {
+				t.Errorf("replanning changed something: %v", same)
+			}
+		})
+	}
+}
+
+func TestExcluded(t *testing.T) {
+	cfg := Config{ExcludeCIDRs: []netip.Prefix{
+		netip.MustParsePrefix("10.96.100.7/24"),         // masked to 10.96.100.0/24
+		netip.MustParsePrefix("::ffff:203.0.113.0/120"), // 203.0.113.0/24
+		netip.MustParsePrefix("fd00:1::/64"),            //
+		netip.MustParsePrefix("::ffff:0:0/80"),          // wider than the mapped range: as written
+		{},                                              // invalid: dropped
+	}}
+	tests := []struct {
+		addr string
+		want bool
+	}{
+		{"10.96.100.1", true},
+		{"10.96.100.255", true},
+		{"10.96.101.1", false},
+		{"::ffff:10.96.100.1", true},
+		{"203.0.113.9", true},
+		{"203.0.114.9", false},
+		{"fd00:1::5", true},
+		{"fd00:2::5", false},
+		{"::1:2", true}, // inside ::ffff:0:0/80 = ::/80
+	}
+	for _, tt := range tests {
+		if got := Excluded(cfg, ip(tt.addr)); got != tt.want {
+			t.Errorf("Excluded(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+	if Excluded(cfg, netip.Addr{}) || Excluded(Config{}, ip("10.96.100.1")) {
+		t.Error("excluded without reason")
+	}
+	d := Plan(snapshot(), cfg)
+	for _, tt := range tests {
+		if got := d.Excluded(ip(tt.addr)); got != tt.want {
+			t.Errorf("Desired.Excluded(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+	var nilD *Desired
+	if nilD.Excluded(ip("10.96.100.1")) {
+		t.Error("nil Desired excludes")
+	}
+	// The caller's slice is not modified by normalization.
+	if cfg.ExcludeCIDRs[0] != netip.MustParsePrefix("10.96.100.7/24") {
+		t.Error("Config.ExcludeCIDRs modified")
+	}
+}
+
+// TestPlanNodeAddressesExcluded: an excluded node address is not a node
+// port address of the plan, so the applier does not own what is on it.
+func TestPlanNodeAddressesExcluded(t *testing.T) {
+	nodeAddrs := ips("192.168.1.10", "192.168.2.10")
+	cfg := Config{NodePortAddresses: nodeAddrs, ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("192.168.2.0/24")}}
+	d := Plan(snapshot(), cfg)
+	if !slices.Equal(d.NodePortAddresses, ips("192.168.1.10")) {
+		t.Errorf("NodePortAddresses %v", d.NodePortAddresses)
+	}
+	if !slices.Equal(nodeAddrs, ips("192.168.1.10", "192.168.2.10")) {
+		t.Error("Config.NodePortAddresses modified")
 	}
 }

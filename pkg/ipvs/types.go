@@ -222,6 +222,13 @@ type Desired struct {
 	// on. Virtual servers on them belong to the proxy even when no Service
 	// uses them any more, so stale ones are removed.
 	NodePortAddresses []netip.Addr
+	// ExcludeCIDRs (--ipvs-exclude-cidrs, normalized): virtual servers on
+	// addresses in them are never planned and must never be deleted, nor
+	// their addresses unbound (see Desired.Excluded).
+	ExcludeCIDRs []netip.Prefix
+	// Problems are what the planner worked around in the Services (e.g. an
+	// unknown scheduler annotation), in Service order.
+	Problems []Problem
 }
 
 // hostBits is the prefix length of a single address of addr's family.
