@@ -191,7 +191,7 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 // PlanServices plans only the Services named by keys, for an incremental
 // apply (Applier.ApplyServices). A key missing from snap is a deleted
 // Service and simply has no entry in ByService. cfg must be the one the last
-// full Plan used.
+// full Plan used, and snap.Node the same name and zone (see Plan).
 func PlanServices(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, cfg Config) *Desired {
 	var node *servicecache.Node
 	if snap != nil {

@@ -619,6 +619,40 @@ func benchmarkPlan(b *testing.B, n int) {
 	}
 }
 
+// BenchmarkPlanPolicies10k plans Services that use every selection path:
+// zone hints on all, externalTrafficPolicy Local on a third and
+// internalTrafficPolicy Local on another third, endpoints over three nodes.
+func BenchmarkPlanPolicies10k(b *testing.B) {
+	snap := benchSnapshot(10_000)
+	svcs := make([]*servicecache.Service, len(snap.Services))
+	for i, old := range snap.Services {
+		s := *old
+		s.Ports = slices.Clone(s.Ports)
+		eps := slices.Clone(s.Ports[0].Endpoints)
+		for j := range eps {
+			eps[j].NodeName = fmt.Sprintf("node-%d", j%3)
+			eps[j].ZoneHints = []string{fmt.Sprintf("zone-%d", j%2)}
+		}
+		for j := range s.Ports {
+			s.Ports[j].Endpoints = eps
+			s.Ports[j].NodePort = uint16(30000 + i%2000)
+		}
+		switch i % 3 {
+		case 1:
+			s.ExternalPolicyLocal = true
+		case 2:
+			s.InternalPolicyLocal = true
+		}
+		svcs[i] = &s
+	}
+	snap = snapOnNode(snapshot(svcs...), "node-0", "zone-0")
+	cfg := Config{NodePortAddresses: ips("192.168.1.10")}
+	b.ReportAllocs()
+	for b.Loop() {
+		Plan(snap, cfg)
+	}
+}
+
 func BenchmarkDiffNoChange50k(b *testing.B) {
 	d := Plan(benchSnapshot(50_000), Config{NodePortAddresses: ips("192.168.1.10")})
 	obs := &State{VirtualServers: maps.Clone(d.VirtualServers), Addresses: d.Addresses}

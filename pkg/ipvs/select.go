@@ -139,7 +139,7 @@ func (f *epFilter) keep(ep *servicecache.Endpoint) bool {
 	} else if !isServingTerminating(ep) {
 		return false
 	}
-	if f.localOnly && ep.NodeName != f.node {
+	if f.localOnly && (f.node == "" || ep.NodeName != f.node) {
 		return false
 	}
 	switch f.topo {
@@ -168,7 +168,7 @@ func (p *planner) selectPort(buf []RealServer, svc *servicecache.Service, sp *se
 			continue // nothing of this family to balance to
 		}
 		var cluster, local []RealServer
-		if useCluster && s.ready+s.term > 0 {
+		if useCluster {
 			f := epFilter{v4: fam == 0, ready: s.ready > 0, node: p.node, zone: p.zone}
 			if f.ready {
 				// Hints only choose among ready endpoints; upstream's
@@ -201,11 +201,13 @@ func (p *planner) selectPort(buf []RealServer, svc *servicecache.Service, sp *se
 
 // categories says which endpoint categories the virtual servers of sp use
 // (upstream's UsesClusterEndpoints and UsesLocalEndpoints).
+// Unlike upstream, the cluster category is not computed for an
+// externalTrafficPolicy: Local port whose cluster IP has Local policy too,
+// unless LocalFallbackToCluster may need it.
 func (p *planner) categories(svc *servicecache.Service, sp *servicecache.ServicePort) (cluster, local bool) {
 	external := externallyAccessible(svc, sp)
-	extLocal := external && svc.ExternalPolicyLocal
 	cluster = !svc.InternalPolicyLocal || (external && (!svc.ExternalPolicyLocal || p.fallbackToCluster))
-	local = svc.InternalPolicyLocal || extLocal
+	local = svc.InternalPolicyLocal || (external && svc.ExternalPolicyLocal)
 	return cluster, local
 }
 
