@@ -39,6 +39,13 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
+	// One lab per machine: wait for any other run to finish.
+	unlock, err := cfg.Lock(ctx, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer unlock()
 	if cur, err := labctl.Load(); err == nil {
 		fmt.Println("e2e: taking down the lab that was up, to start from a fresh one")
 		if err := labctl.Down(ctx, cur, os.Stdout); err != nil {

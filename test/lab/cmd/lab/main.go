@@ -53,6 +53,11 @@ func run(ctx context.Context, cmd string, args []string) (int, error) {
 		if len(args) > 0 && args[0] == "--" {
 			c.ProxyArgs = append(c.ProxyArgs, args[1:]...)
 		}
+		unlock, err := c.Lock(ctx, os.Stdout)
+		if err != nil {
+			return 1, err
+		}
+		defer unlock()
 		return 0, labctl.Up(ctx, c, os.Stdout)
 	case "down":
 		c, err := labctl.Load()
@@ -60,6 +65,11 @@ func run(ctx context.Context, cmd string, args []string) (int, error) {
 			fmt.Println("no lab is up")
 			return 0, nil
 		}
+		unlock, err := c.Lock(ctx, os.Stdout)
+		if err != nil {
+			return 1, err
+		}
+		defer unlock()
 		return 0, labctl.Down(ctx, c, os.Stdout)
 	case "pipe":
 		if len(args) != 1 {
