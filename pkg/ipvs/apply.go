@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -30,6 +31,18 @@ var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
 // to bind or put virtual servers on, and the NodePort addresses. Any other
 // virtual server in the kernel (another program's) is left alone.
 //
+// Exclusion: a virtual server on an address ApplierOptions.Excluded
+// reports (--ipvs-exclude-cidrs) is never deleted nor changed unless the
+// plan wants it, and such an address is never unbound from kube-ipvs0
+// unless the plan binds it. The planner plans nothing there, so in practice
+// they are left alone entirely.
+//
+// Graceful termination (with ApplierOptions.GracefulTerminationTimeout): a
+// TCP real server that is no longer wanted, and still has connections, is
+// drained instead of deleted: its weight is set to 0 so that it gets no new
+// connections, and ProcessDraining deletes it once it has none or the
+// timeout has passed (see graceful.go).
+//
 // Every op is attempted even when others fail; the errors are joined, each
 // naming the op and its Service. The in-memory state records only what
 // succeeded, and the virtual servers and addresses with failed ops are
@@ -38,6 +51,10 @@ var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
 type Applier struct {
 	ipvs  IPVS
 	links Links
+
+	graceTimeout time.Duration
+	excluded     func(netip.Addr) bool
+	now          func() time.Time
 
 	mu     sync.Mutex
 	synced bool
@@ -53,11 +70,40 @@ type Applier struct {
 	// retryVS and retryAddrs had failed ops.
 	retryVS    map[VSKey]struct{}
 	retryAddrs map[netip.Addr]struct{}
+	// draining holds the real servers being drained, with the time they
+	// are deleted at the latest. They are in observed, with weight 0.
+	draining map[VSKey]map[RSKey]time.Time
 }
 
-// NewApplier returns an applier over the given kernel interfaces.
+// ApplierOptions are the Applier's settings; the zero value is the plain
+// behaviour (real servers deleted at once, nothing excluded).
+type ApplierOptions struct {
+	// GracefulTerminationTimeout is the longest a TCP real server that is
+	// no longer wanted is drained (weight 0) before it is deleted even with
+	// connections left. Zero or less: real servers are deleted at once.
+	// Upstream has no such limit; the proxy's flag defaults to 60s.
+	GracefulTerminationTimeout time.Duration
+	// Excluded reports the addresses whose virtual servers the proxy must
+	// not touch (--ipvs-exclude-cidrs, e.g. ipvs.Excluded for the planner's
+	// Config). Nil: none.
+	Excluded func(netip.Addr) bool
+	// Now is the clock of graceful termination; nil is time.Now.
+	Now func() time.Time
+}
+
+// NewApplier returns an applier over the given kernel interfaces, with
+// the zero ApplierOptions.
 func NewApplier(ipvs IPVS, links Links) *Applier {
-	return &Applier{ipvs: ipvs, links: links}
+	return NewApplierWithOptions(ipvs, links, ApplierOptions{})
+}
+
+// NewApplierWithOptions returns an applier over the given kernel interfaces.
+func NewApplierWithOptions(ipvs IPVS, links Links, opts ApplierOptions) *Applier {
+	a := &Applier{ipvs: ipvs, links: links, graceTimeout: opts.GracefulTerminationTimeout, excluded: opts.Excluded, now: opts.Now}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	return a
 }
 
 // Reconcile makes the owned part of the kernel match d: it ensures the
@@ -94,7 +140,13 @@ func (a *Applier) Reconcile(d *Desired) error {
 			obs.VirtualServers[key] = vs
 		}
 	}
-	ops := Diff(obs, &d.State)
+	// Draining real servers whose virtual server is gone are done.
+	for key := range a.draining {
+		if obs.VirtualServers[key] == nil {
+			delete(a.draining, key)
+		}
+	}
+	ops, target := a.diff(obs, &d.State)
 
 	a.observed = obs.VirtualServers
 	a.addrs = make(map[netip.Addr]struct{}, len(kernel.Addresses))
@@ -124,19 +176,21 @@ func (a *Applier) Reconcile(d *Desired) error {
 	a.synced = true
 
 	// Servers that need no op already match: remember the planned value,
-	// which carries the Service it belongs to.
+	// which carries the Service it belongs to (and the draining real
+	// servers).
 	touched := make(map[VSKey]struct{})
 	for _, op := range ops {
 		if op.VS != nil {
 			touched[op.VS.Key] = struct{}{}
 		}
 	}
-	for key, want := range a.desired {
+	for key := range a.desired {
 		if _, ok := touched[key]; !ok && a.observed[key] != nil {
-			a.observed[key] = want
+			a.observed[key] = target[key]
 		}
 	}
-	return a.execute(ops, a.desired)
+	_, err = a.execute(ops, target)
+	return err
 }
 
 // ApplyServices applies the plan of the Services named by keys (a
@@ -246,7 +300,9 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	slices.SortFunc(subObs.Addresses, netip.Addr.Compare)
 	slices.SortFunc(subWant.Addresses, netip.Addr.Compare)
 
-	return a.execute(Diff(subObs, subWant), subWant.VirtualServers)
+	ops, target := a.diff(subObs, subWant)
+	_, err := a.execute(ops, target)
+	return err
 }
 
 func compareServiceKeys(x, y servicecache.ServiceKey) int {
@@ -281,10 +337,11 @@ func (a *Applier) Observed() *State {
 }
 
 // execute runs ops in order, collects their errors and records what
-// succeeded. want holds the wanted virtual servers the ops lead to.
-func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) error {
+// succeeded, which it also returns (ok[i] for ops[i]). want holds the
+// wanted virtual servers the ops lead to.
+func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, err error) {
 	var errs []error
-	ok := make([]bool, len(ops))
+	ok = make([]bool, len(ops))
 	failed := map[VSKey]bool{}   // keys with at least one failed op
 	notAdded := map[VSKey]bool{} // keys whose add failed: skip their destinations
 	for i, op := range ops {
@@ -343,7 +400,7 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) error {
 	if len(ops) > 0 {
 		klog.V(2).InfoS("Applied IPVS changes", "ops", len(ops), "failed", len(errs))
 	}
-	return errors.Join(errs...)
+	return ok, errors.Join(errs...)
 }
 
 // do runs one op against the kernel.

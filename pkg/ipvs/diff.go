@@ -197,11 +197,11 @@ func diffRealServers(ops []Op, vs *VirtualServer, have, want []RealServer) []Op 
 	return ops
 }
 
-// retireRealServer removes a real server that is no longer wanted. It is
-// deleted at once for now. Upstream drains TCP ones instead: it sets their
-// weight to 0 (an OpUpdateDestination) so that established connections
-// finish, and deletes them once they have no connections left. That step
-// belongs here, with the connection counts read alongside the destinations.
+// retireRealServer removes a real server that is no longer wanted. Diff is
+// pure, so it always deletes; the Applier turns the deletion into a drain
+// (weight 0, deleted later) when the real server still has connections,
+// since that needs the kernel's counts (see graceful.go). The op carries
+// the observed real server, whose weight the applier needs.
 func retireRealServer(vs *VirtualServer, rs RealServer) Op {
 	return Op{Kind: OpDeleteDestination, VS: vs, RS: rs}
 }

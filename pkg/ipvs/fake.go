@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 )
 
 // FakeLog records the operations of fakes as command lines (the same text
@@ -47,7 +48,14 @@ const (
 	FakeListServicesCmd  = "ipvsadm -Sn"
 	FakeListAddressesCmd = "ip addr show dev " + DummyLinkName
 	FakeAddLinkCmd       = "ip link add " + DummyLinkName + " type dummy"
+	FakeDeleteLinkCmd    = "ip link del " + DummyLinkName
 )
+
+// FakeListDestinationsCmd is the listing command of IPVS.Destinations for
+// key, e.g. "ipvsadm -Ln -t 10.96.0.10:80", for FailOn.
+func FakeListDestinationsCmd(key VSKey) string {
+	return listDestinationsCmd(key)
+}
 
 // FakeIPVS is an in-memory IPVS table that behaves like the kernel's
 // (adding an existing server fails with fs.ErrExist, changing a missing one
@@ -57,6 +65,12 @@ type FakeIPVS struct {
 	log      *FakeLog
 	services map[VSKey]*VirtualServer
 	fail     fakeFailures
+	// conns are the connection counts of destinations, set by
+	// SetConnections and dropped with the destination.
+	conns    map[VSKey]map[RSKey][2]int
+	timeouts Timeouts
+	// Listings are not logged (they change nothing): they are counted.
+	serviceDumps, destDumps int
 }
 
 var _ IPVS = (*FakeIPVS)(nil)
@@ -66,14 +80,16 @@ func NewFakeIPVS(log *FakeLog) *FakeIPVS {
 	if log == nil {
 		log = &FakeLog{}
 	}
-	return &FakeIPVS{log: log, services: map[VSKey]*VirtualServer{}, fail: fakeFailures{}}
+	return &FakeIPVS{log: log, services: map[VSKey]*VirtualServer{}, fail: fakeFailures{},
+		conns: map[VSKey]map[RSKey][2]int{}, timeouts: DefaultTimeouts}
 }
 
 // Log returns the log the fake records into.
 func (f *FakeIPVS) Log() *FakeLog { return f.log }
 
-// FailOn makes the operation with the given command line (as Op.String, or
-// FakeListServicesCmd) fail with err; a nil err removes the failure.
+// FailOn makes the operation with the given command line (as Op.String,
+// FakeListServicesCmd, FakeListDestinationsCmd or SetTimeoutsCmd) fail with
+// err; a nil err removes the failure.
 func (f *FakeIPVS) FailOn(cmd string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -88,10 +104,79 @@ func (f *FakeIPVS) Put(vs *VirtualServer) {
 	f.services[vs.Key] = kernelCopy(vs)
 }
 
+// SetConnections sets the connection counts the kernel reports for a
+// destination (ActiveConn, InActConn), as traffic would. They are dropped
+// with the destination or its service.
+func (f *FakeIPVS) SetConnections(key VSKey, rs RSKey, active, inactive int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := f.conns[key]
+	if m == nil {
+		m = map[RSKey][2]int{}
+		f.conns[key] = m
+	}
+	m[rs] = [2]int{active, inactive}
+}
+
+// Dumps counts the listings so far: full dumps (Services) and
+// per-virtual-server destination dumps (Destinations).
+func (f *FakeIPVS) Dumps() (services, destinations int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.serviceDumps, f.destDumps
+}
+
+// Timeouts returns the current timeouts (DefaultTimeouts at first).
+func (f *FakeIPVS) Timeouts() Timeouts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeouts
+}
+
+// Destinations returns copies of the destinations of key with their
+// connection counts; a missing service has none, as for the kernel.
+func (f *FakeIPVS) Destinations(key VSKey) ([]DestStats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destDumps++
+	if err := f.fail[FakeListDestinationsCmd(key)]; err != nil {
+		return nil, err
+	}
+	vs := f.services[key]
+	if vs == nil {
+		return nil, nil
+	}
+	out := make([]DestStats, 0, len(vs.RealServers))
+	for _, rs := range vs.RealServers {
+		c := f.conns[key][rs.Key]
+		out = append(out, DestStats{RealServer: rs, ActiveConns: c[0], InactiveConns: c[1]})
+	}
+	return out, nil
+}
+
+// SetTimeouts records `ipvsadm --set TCP TCPFIN UDP` when it changes
+// something (the kernel implementation writes nothing otherwise).
+func (f *FakeIPVS) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	next, err := f.timeouts.With(tcp, tcpFin, udp)
+	if err != nil || next == f.timeouts {
+		return err
+	}
+	cmd := SetTimeoutsCmd(tcp, tcpFin, udp)
+	err = f.fail[cmd]
+	if err == nil {
+		f.timeouts = next
+	}
+	f.log.record(cmd, err)
+	return err
+}
+
 // Services returns copies of the servers, sorted.
 func (f *FakeIPVS) Services() ([]*VirtualServer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.serviceDumps++
 	if err := f.fail[FakeListServicesCmd]; err != nil {
 		return nil, err
 	}
@@ -137,6 +222,7 @@ func (f *FakeIPVS) DeleteService(key VSKey) error {
 			return fs.ErrNotExist
 		}
 		delete(f.services, key)
+		delete(f.conns, key)
 		return nil
 	})
 }
@@ -175,6 +261,7 @@ func (f *FakeIPVS) DeleteDestination(key VSKey, rk RSKey) error {
 		if err == nil {
 			vs := f.services[key]
 			vs.RealServers = slices.Delete(vs.RealServers, i, i+1)
+			delete(f.conns[key], rk)
 		}
 		return err
 	})
@@ -250,7 +337,8 @@ func NewFakeLinks(log *FakeLog) *FakeLinks {
 func (f *FakeLinks) Log() *FakeLog { return f.log }
 
 // FailOn makes the operation with the given command line (as Op.String,
-// FakeListAddressesCmd or FakeAddLinkCmd) fail with err; nil removes it.
+// FakeListAddressesCmd, FakeAddLinkCmd or FakeDeleteLinkCmd) fail with err;
+// nil removes it.
 func (f *FakeLinks) FailOn(cmd string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -287,6 +375,23 @@ func (f *FakeLinks) EnsureLink() error {
 		f.exists = true
 	}
 	f.log.record(FakeAddLinkCmd, err)
+	return err
+}
+
+// DeleteLink records `ip link del` when the link exists; its addresses go
+// with it.
+func (f *FakeLinks) DeleteLink() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.exists {
+		return nil
+	}
+	err := f.fail[FakeDeleteLinkCmd]
+	if err == nil {
+		f.exists = false
+		f.addrs = map[netip.Addr]struct{}{}
+	}
+	f.log.record(FakeDeleteLinkCmd, err)
 	return err
 }
 

@@ -82,3 +82,70 @@ func TestFakesBehaveLikeTheKernel(t *testing.T) {
 		t.Errorf("kernel: %v %q", err, st.Dump())
 	}
 }
+
+// Connection counts follow their destination, as in the kernel, and a
+// dump of a missing service is empty.
+func TestFakeDestinations(t *testing.T) {
+	fi := NewFakeIPVS(nil)
+	v := vs("10.96.0.10:80/TCP", "10.244.1.1:80", "10.244.1.2:80=3")
+	fi.Put(v)
+	rk := v.RealServers[0].Key
+	fi.SetConnections(v.Key, rk, 2, 5)
+	got, err := fi.Destinations(v.Key)
+	want := []DestStats{{RealServer: v.RealServers[0], ActiveConns: 2, InactiveConns: 5}, {RealServer: v.RealServers[1]}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("Destinations = %+v, %v; want %+v", got, err, want)
+	}
+	if got[0].Conns() != 7 {
+		t.Errorf("Conns() = %d", got[0].Conns())
+	}
+	if err := fi.DeleteDestination(v.Key, rk); err != nil {
+		t.Fatal(err)
+	}
+	if err := fi.AddDestination(v.Key, v.RealServers[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := fi.Destinations(v.Key); got[0].Conns() != 0 {
+		t.Errorf("connections survived their destination: %+v", got)
+	}
+	if got, err := fi.Destinations(vs("10.96.0.99:80/TCP").Key); err != nil || len(got) != 0 {
+		t.Errorf("missing service: %v, %v", got, err)
+	}
+	fi.FailOn(FakeListDestinationsCmd(v.Key), errBoom)
+	if _, err := fi.Destinations(v.Key); !errors.Is(err, errBoom) {
+		t.Errorf("injected failure: %v", err)
+	}
+	if FakeListDestinationsCmd(vs("[fd00::1]:53/UDP").Key) != "ipvsadm -Ln -u [fd00::1]:53" {
+		t.Error(FakeListDestinationsCmd(vs("[fd00::1]:53/UDP").Key))
+	}
+	if full, dests := fi.Dumps(); full != 0 || dests != 4 {
+		t.Errorf("Dumps() = %d, %d", full, dests)
+	}
+}
+
+func TestFakeDeleteLink(t *testing.T) {
+	fl := NewFakeLinks(nil)
+	if err := fl.DeleteLink(); err != nil {
+		t.Fatal(err) // missing: fine, nothing done
+	}
+	fl.SetAddresses(ip("10.96.0.1"))
+	if err := fl.DeleteLink(); err != nil {
+		t.Fatal(err)
+	}
+	if fl.Exists() {
+		t.Error("link still there")
+	}
+	if _, err := fl.Addresses(); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("addresses of a deleted link: %v", err)
+	}
+	if err := fl.EnsureLink(); err != nil {
+		t.Fatal(err)
+	}
+	if addrs, _ := fl.Addresses(); len(addrs) != 0 {
+		t.Errorf("a new link has the old addresses: %v", addrs)
+	}
+	want := []string{"ip link del kube-ipvs0", "ip link add kube-ipvs0 type dummy"}
+	if got := fl.Log().Lines(); !slices.Equal(got, want) {
+		t.Errorf("log %q, want %q", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // IPVS is the kernel's virtual server table. Implementations: NewKernelIPVS
@@ -28,7 +29,32 @@ type IPVS interface {
 	UpdateDestination(key VSKey, rs RealServer) error
 	// DeleteDestination removes a real server (ipvsadm -d).
 	DeleteDestination(key VSKey, rs RSKey) error
+	// Destinations lists the real servers of one virtual server with their
+	// connection counts (ipvsadm -Ln -t VIP:PORT): a dump of that virtual
+	// server's destinations only, sorted. A missing virtual server has
+	// none, as for the kernel.
+	Destinations(key VSKey) ([]DestStats, error)
+	// SetTimeouts sets the connection timeouts of the whole table
+	// (ipvsadm --set TCP TCPFIN UDP); a zero duration leaves that timeout
+	// unchanged, as ipvsadm and upstream do. Durations are rounded up to
+	// whole seconds; negative ones are an error.
+	SetTimeouts(tcp, tcpFin, udp time.Duration) error
 }
+
+// DestStats is a real server as the kernel reports it, with the connection
+// counts ipvsadm -Ln shows.
+type DestStats struct {
+	RealServer
+	// ActiveConns is the ActiveConn column: established connections.
+	ActiveConns int
+	// InactiveConns is the InActConn column: connections in any other
+	// state (closing, TIME_WAIT, SYN_RECV...).
+	InactiveConns int
+}
+
+// Conns is ActiveConn + InActConn: a draining real server is removed once
+// it is 0.
+func (d DestStats) Conns() int { return d.ActiveConns + d.InactiveConns }
 
 // Links manages the dummy link holding the service addresses.
 // Implementations: NewKernelLinks (netlink) and FakeLinks.
@@ -36,12 +62,17 @@ type Links interface {
 	// EnsureLink creates the dummy link if it is missing.
 	EnsureLink() error
 	// Addresses lists the host addresses (/32, /128) on the link, sorted.
+	// It fails with an error wrapping fs.ErrNotExist when the link is
+	// missing.
 	Addresses() ([]netip.Addr, error)
 	// AddAddress binds a host address; binding a bound one is not an error.
 	AddAddress(addr netip.Addr) error
 	// DeleteAddress unbinds an address; unbinding an absent one is not an
 	// error.
 	DeleteAddress(addr netip.Addr) error
+	// DeleteLink removes the dummy link and with it every address bound on
+	// it (ip link del kube-ipvs0). A missing link is not an error.
+	DeleteLink() error
 }
 
 // ErrIPVSUnavailable is returned (wrapped) by NewKernelIPVS when the kernel

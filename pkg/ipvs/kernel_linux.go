@@ -5,9 +5,12 @@ package ipvs
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"time"
 
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
@@ -119,6 +122,67 @@ func (k *KernelIPVS) DeleteDestination(key VSKey, rk RSKey) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.h.DelDestination(toLibKey(key), toLibDestination(RealServer{Key: rk}))
+}
+
+// Destinations is `ipvsadm -Ln -t VIP:PORT` (with the ActiveConn and
+// InActConn columns): one destination dump of that virtual server only. The
+// kernel answers a dump of a missing service with nothing.
+func (k *KernelIPVS) Destinations(key VSKey) ([]DestStats, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	dsts, err := k.h.GetDestinations(toLibKey(key))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DestStats, 0, len(dsts))
+	for _, d := range dsts {
+		if rs, ok := fromLibDestination(d); ok {
+			out = append(out, DestStats{RealServer: rs, ActiveConns: d.ActiveConnections, InactiveConns: d.InactiveConnections})
+		}
+	}
+	slices.SortFunc(out, func(a, b DestStats) int { return a.Key.Compare(b.Key) })
+	return out, nil
+}
+
+// Timeouts is `ipvsadm -L --timeout`.
+func (k *KernelIPVS) Timeouts() (Timeouts, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.timeouts()
+}
+
+func (k *KernelIPVS) timeouts() (Timeouts, error) {
+	// GetConfig panics on a kernel without IPVS (it indexes an empty
+	// answer); NewKernelIPVS made sure the family exists.
+	c, err := k.h.GetConfig()
+	if err != nil {
+		return Timeouts{}, err
+	}
+	return Timeouts{TCP: c.TimeoutTCP, TCPFin: c.TimeoutTCPFin, UDP: c.TimeoutUDP}, nil
+}
+
+// SetTimeouts is `ipvsadm --set TCP TCPFIN UDP`, 0 leaving a value as it
+// is. The current values are read first, so that nothing is written when
+// nothing changes and the zeros stay "unchanged" whatever the kernel makes
+// of a zero.
+func (k *KernelIPVS) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
+	if _, err := (Timeouts{}).With(tcp, tcpFin, udp); err != nil {
+		return err
+	}
+	if tcp == 0 && tcpFin == 0 && udp == 0 {
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cur, err := k.timeouts()
+	if err != nil {
+		return fmt.Errorf("ipvsadm -L --timeout: %w", err)
+	}
+	next, err := cur.With(tcp, tcpFin, udp)
+	if err != nil || next == cur {
+		return err
+	}
+	return k.h.SetConfig(&libipvs.Config{TimeoutTCP: next.TCP, TimeoutTCPFin: next.TCPFin, TimeoutUDP: next.UDP})
 }
 
 // toLibKey fills what the kernel looks a service up by. Destination and
@@ -255,12 +319,45 @@ func (l *KernelLinks) EnsureLink() error {
 	return nil
 }
 
+// link looks the link up; a missing one gives an error wrapping
+// fs.ErrNotExist.
+func (l *KernelLinks) link() (netlink.Link, error) {
+	link, err := netlink.LinkByName(l.name)
+	if err != nil {
+		if errors.As(err, new(netlink.LinkNotFoundError)) {
+			return nil, fmt.Errorf("look up link %s: %w (%w)", l.name, fs.ErrNotExist, err)
+		}
+		return nil, fmt.Errorf("look up link %s: %w", l.name, err)
+	}
+	return link, nil
+}
+
+// DeleteLink is `ip link del kube-ipvs0`, which unbinds its addresses too.
+// A missing link is fine; a link of that name that is not a dummy is not
+// the proxy's and is left alone, with an error.
+func (l *KernelLinks) DeleteLink() error {
+	link, err := l.link()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := link.(*netlink.Dummy); !ok {
+		return fmt.Errorf("link %s is a %s, not a dummy link: not deleting it", l.name, link.Type())
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
 // Addresses is `ip addr show dev kube-ipvs0`, keeping host prefixes only:
 // the proxy binds nothing else, so anything else is not its to remove.
 func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
-	link, err := netlink.LinkByName(l.name)
+	link, err := l.link()
 	if err != nil {
-		return nil, fmt.Errorf("look up link %s: %w", l.name, err)
+		return nil, err
 	}
 	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
@@ -285,9 +382,9 @@ func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
 
 // AddAddress is `ip addr add 10.96.0.10/32 dev kube-ipvs0` (/128 for IPv6).
 func (l *KernelLinks) AddAddress(addr netip.Addr) error {
-	link, err := netlink.LinkByName(l.name)
+	link, err := l.link()
 	if err != nil {
-		return fmt.Errorf("look up link %s: %w", l.name, err)
+		return err
 	}
 	if err := netlink.AddrAdd(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
@@ -297,9 +394,9 @@ func (l *KernelLinks) AddAddress(addr netip.Addr) error {
 
 // DeleteAddress is `ip addr del 10.96.0.10/32 dev kube-ipvs0`.
 func (l *KernelLinks) DeleteAddress(addr netip.Addr) error {
-	link, err := netlink.LinkByName(l.name)
+	link, err := l.link()
 	if err != nil {
-		return fmt.Errorf("look up link %s: %w", l.name, err)
+		return err
 	}
 	if err := netlink.AddrDel(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 		return err

@@ -4,6 +4,7 @@ package ipvs
 
 import (
 	"errors"
+	"io/fs"
 	"net"
 	"strings"
 	"testing"
@@ -90,4 +91,23 @@ func TestNewKernelIPVSWithoutIPVS(t *testing.T) {
 		t.Errorf("unclear error: %v", err)
 	}
 	t.Log(err)
+}
+
+// A missing link reads as fs.ErrNotExist (Cleanup relies on it) and
+// deleting it is fine. Looking a link up needs no privilege.
+func TestKernelLinksMissing(t *testing.T) {
+	l := NewKernelLinks("kipvs-no-such")
+	_, err := l.Addresses()
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && strings.Contains(err.Error(), "operation not permitted") {
+		t.Skipf("no netlink here: %v", err)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Addresses of a missing link: %v", err)
+	}
+	if err := l.DeleteLink(); err != nil {
+		t.Errorf("DeleteLink of a missing link: %v", err)
+	}
+	if err := l.AddAddress(ip("10.96.0.1")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("AddAddress on a missing link: %v", err)
+	}
 }

@@ -5,6 +5,7 @@ package ipvs
 import (
 	"errors"
 	"net/netip"
+	"time"
 )
 
 // errNotLinux is returned by the kernel implementations off Linux, where
@@ -27,6 +28,9 @@ func (k *KernelIPVS) DeleteService(VSKey) error                 { return errNotL
 func (k *KernelIPVS) AddDestination(VSKey, RealServer) error    { return errNotLinux }
 func (k *KernelIPVS) UpdateDestination(VSKey, RealServer) error { return errNotLinux }
 func (k *KernelIPVS) DeleteDestination(VSKey, RSKey) error      { return errNotLinux }
+func (k *KernelIPVS) Destinations(VSKey) ([]DestStats, error)   { return nil, errNotLinux }
+func (k *KernelIPVS) SetTimeouts(_, _, _ time.Duration) error   { return errNotLinux }
+func (k *KernelIPVS) Timeouts() (Timeouts, error)               { return Timeouts{}, errNotLinux }
 
 // KernelLinks is unavailable off Linux.
 type KernelLinks struct{}
@@ -38,3 +42,4 @@ func (l *KernelLinks) EnsureLink() error                { return errNotLinux }
 func (l *KernelLinks) Addresses() ([]netip.Addr, error) { return nil, errNotLinux }
 func (l *KernelLinks) AddAddress(netip.Addr) error      { return errNotLinux }
 func (l *KernelLinks) DeleteAddress(netip.Addr) error   { return errNotLinux }
+func (l *KernelLinks) DeleteLink() error                { return errNotLinux }
