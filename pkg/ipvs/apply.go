@@ -323,8 +323,9 @@ func (a *Applier) unref(addr netip.Addr) {
 	a.addrRefs[addr]--
 }
 
-// Observed returns the owned kernel state as the applier knows it. The
-// virtual servers are shared and must not be modified.
+// Observed returns the owned kernel state as the applier knows it,
+// draining real servers included (weight 0). The virtual servers are shared
+// and must not be modified.
 func (a *Applier) Observed() *State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
