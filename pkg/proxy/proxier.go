@@ -14,6 +14,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
@@ -35,6 +37,25 @@ type Config struct {
 	// NodePortAddresses picks the node addresses NodePort virtual servers
 	// go on, given the node's addresses (from the Node object).
 	NodePortAddresses func(nodeAddrs []netip.Addr) []netip.Addr
+	// ExcludeCIDRs is --ipvs-exclude-cidrs.
+	ExcludeCIDRs []netip.Prefix
+	// LocalFallbackToCluster is --external-traffic-local-fallback.
+	LocalFallbackToCluster bool
+}
+
+// ServiceHealth serves the healthCheckNodePorts of externalTrafficPolicy:
+// Local Services (pkg/healthcheck.ServiceHealthServer).
+type ServiceHealth interface {
+	SyncServices(ports map[servicecache.ServiceKey]uint16)
+	SyncEndpoints(counts map[servicecache.ServiceKey]int)
+}
+
+// Options are the proxier's optional parts.
+type Options struct {
+	// ServiceHealth, when set, is told about health check node ports.
+	ServiceHealth ServiceHealth
+	// Conntrack, when set, removes stale UDP conntrack entries.
+	Conntrack conntrack.Cleaner
 }
 
 // Snapshotter is the service cache as the proxier sees it.
@@ -56,20 +77,42 @@ type Proxier struct {
 	ipt        *iptables.Applier
 	health     HealthUpdater
 
+	opts Options
+
 	// lastIPVS is the IPVS config of the last full reconcile; a change (a
-	// node address came or went) needs another full one.
+	// node address came or went) needs another full one. So does a change
+	// of the node's name or zone (local endpoints and topology hints).
 	lastIPVS   ipvs.Config
+	lastNode   servicecache.Node
 	reconciled bool
 	problems   []string
+	ipvsProbs  []ipvs.Problem
+
+	// ctLast is the last snapshot whose conntrack cleanup succeeded, and
+	// ctPrevious whether it is the snapshot just before the current one.
+	ctLast     *servicecache.Snapshot
+	ctPrevious bool
 }
 
 // New returns a proxier. localAddrs lists the host's addresses except
 // those on kube-ipvs0.
-func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error), ipvsApplier *ipvs.Applier, ipt *iptables.Applier, health HealthUpdater) *Proxier {
+func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error), ipvsApplier *ipvs.Applier, ipt *iptables.Applier, health HealthUpdater, opts Options) *Proxier {
 	if cfg.NodePortAddresses == nil {
 		cfg.NodePortAddresses = func(a []netip.Addr) []netip.Addr { return a }
 	}
-	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health}
+	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health, opts: opts}
+}
+
+// IPVSConfig is the planner configuration for the given snapshot and
+// local addresses.
+func (p *Proxier) IPVSConfig(snap *servicecache.Snapshot, local []netip.Addr) ipvs.Config {
+	return ipvs.Config{
+		Scheduler:              p.cfg.Scheduler,
+		NodePortAddresses:      p.cfg.NodePortAddresses(snap.Node.Addresses),
+		LocalAddresses:         local,
+		ExcludeCIDRs:           p.cfg.ExcludeCIDRs,
+		LocalFallbackToCluster: p.cfg.LocalFallbackToCluster,
+	}
 }
 
 // Sync makes the kernel match the current snapshot. A full sync re-reads
@@ -85,24 +128,45 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if err != nil {
 		return fmt.Errorf("listing the node's addresses: %w", err)
 	}
-	ic := ipvs.Config{
-		Scheduler:         p.cfg.Scheduler,
-		NodePortAddresses: p.cfg.NodePortAddresses(snap.Node.Addresses),
-		LocalAddresses:    local,
-	}
-	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) {
+	ic := p.IPVSConfig(snap, local)
+	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || snap.Node.Name != p.lastNode.Name || snap.Node.Zone != p.lastNode.Zone {
 		full = true
 	}
 
 	var errs []error
+	ipvsOK := false
 	if full {
-		if err := p.ipvs.Reconcile(ipvs.Plan(snap, ic)); err != nil {
+		d := ipvs.Plan(snap, ic)
+		p.logIPVSProblems(d.Problems)
+		if err := p.ipvs.Reconcile(d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
-			p.reconciled, p.lastIPVS = true, ic
+			p.reconciled, p.lastIPVS, p.lastNode, ipvsOK = true, ic, snap.Node, true
 		}
-	} else if err := p.ipvs.ApplyServices(snap.Changed, ipvs.PlanServices(snap, snap.Changed, ic)); err != nil {
-		errs = append(errs, fmt.Errorf("ipvs: %w", err))
+	} else {
+		d := ipvs.PlanServices(snap, snap.Changed, ic)
+		for _, pr := range d.Problems {
+			klog.InfoS("Service programmed with a workaround", "service", pr.Service, "problem", pr.Message)
+		}
+		if err := p.ipvs.ApplyServices(snap.Changed, d); err != nil {
+			errs = append(errs, fmt.Errorf("ipvs: %w", err))
+		} else {
+			ipvsOK = true
+		}
+	}
+	if p.opts.ServiceHealth != nil {
+		ports, counts := healthcheck.LocalEndpointCounts(snap)
+		p.opts.ServiceHealth.SyncServices(ports)
+		p.opts.ServiceHealth.SyncEndpoints(counts)
+	}
+	// Stale UDP conntrack entries go once IPVS no longer points at the
+	// old endpoints (else the next packet would recreate them).
+	if p.opts.Conntrack != nil {
+		if ipvsOK {
+			p.cleanConntrack(snap, ic.NodePortAddresses)
+		} else {
+			p.ctPrevious = false
+		}
 	}
 
 	d := iptables.Plan(snap, iptables.Config{
@@ -148,6 +212,42 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	return nil
 }
 
+// cleanConntrack removes stale UDP conntrack entries of the Services that
+// changed since the last successful cleanup. Failures are logged: stale
+// entries expire by themselves, and the next sync tries again.
+func (p *Proxier) cleanConntrack(snap *servicecache.Snapshot, nodePortAddrs []netip.Addr) {
+	old := p.ctLast
+	var changed []servicecache.ServiceKey
+	switch {
+	case old == nil:
+		changed = conntrack.Changed(nil, snap)
+	case p.ctPrevious:
+		changed = snap.Changed
+	default:
+		changed = conntrack.Changed(old, snap)
+	}
+	filters := conntrack.StaleEntries(old, snap, changed, nodePortAddrs)
+	if n, err := p.opts.Conntrack.DeleteStale(filters); err != nil {
+		klog.ErrorS(err, "Deleting stale conntrack entries", "deleted", n)
+		p.ctPrevious = false
+		return
+	} else if n > 0 {
+		klog.V(2).InfoS("Deleted stale conntrack entries", "entries", n)
+	}
+	p.ctLast, p.ctPrevious = snap, true
+}
+
+// logIPVSProblems logs what the planner worked around, once per change.
+func (p *Proxier) logIPVSProblems(probs []ipvs.Problem) {
+	if slices.Equal(probs, p.ipvsProbs) {
+		return
+	}
+	for _, pr := range probs {
+		klog.InfoS("Service programmed with a workaround", "service", pr.Service, "problem", pr.Message)
+	}
+	p.ipvsProbs = probs
+}
+
 func v1IPFamily(f iptables.Family) v1.IPFamily {
 	if f == iptables.IPv6 {
 		return v1.IPv6Protocol
@@ -172,5 +272,6 @@ func primaryIPs(addrs []netip.Addr) []netip.Addr {
 
 func sameIPVSConfig(a, b ipvs.Config) bool {
 	return a.Scheduler == b.Scheduler && slices.Equal(a.NodePortAddresses, b.NodePortAddresses) &&
-		slices.Equal(a.LocalAddresses, b.LocalAddresses)
+		slices.Equal(a.LocalAddresses, b.LocalAddresses) && slices.Equal(a.ExcludeCIDRs, b.ExcludeCIDRs) &&
+		a.LocalFallbackToCluster == b.LocalFallbackToCluster
 }

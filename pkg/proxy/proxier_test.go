@@ -63,7 +63,7 @@ func newFixture() *fixture {
 	local := func() ([]netip.Addr, error) { return node.Addresses, nil }
 	f.p = New(Config{Families: []iptables.Family{iptables.IPv4}, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
 		f.snaps, local, ipvs.NewApplier(f.ipvs, f.links),
-		&iptables.Applier{IPSet: f.ipset, Tables: map[iptables.Family]iptables.Tables{iptables.IPv4: iptables.NewFakeTables()}}, f.health)
+		&iptables.Applier{IPSet: f.ipset, Tables: map[iptables.Family]iptables.Tables{iptables.IPv4: iptables.NewFakeTables()}}, f.health, Options{})
 	return f
 }
 

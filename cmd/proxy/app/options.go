@@ -23,6 +23,8 @@ const (
 	DefaultMetricsBindAddress = "127.0.0.1:10249"
 	DefaultIPVSScheduler      = "rr"
 	DefaultIPVSSyncPeriod     = 30 * time.Second
+	// DefaultGracefulTerminationTimeout bounds draining (upstream: unbounded).
+	DefaultGracefulTerminationTimeout = 60 * time.Second
 	// DefaultIPVSMinSyncPeriod is what an --ipvs-min-sync-period of 0 means:
 	// kube-proxy's own default for the flag.
 	DefaultIPVSMinSyncPeriod = time.Second
@@ -54,6 +56,21 @@ type Options struct {
 	// EffectiveMinSyncPeriod.
 	IPVSMinSyncPeriod time.Duration
 	IPVSStrictARP     bool // --ipvs-strict-arp
+	// IPVSExcludeCIDRs is --ipvs-exclude-cidrs: virtual servers on these
+	// addresses are never planned, changed nor deleted.
+	IPVSExcludeCIDRs []string
+	// IPVS connection timeouts (--ipvs-tcp-timeout, --ipvs-tcpfin-timeout,
+	// --ipvs-udp-timeout); 0 leaves the kernel's value.
+	IPVSTCPTimeout    time.Duration
+	IPVSTCPFinTimeout time.Duration
+	IPVSUDPTimeout    time.Duration
+	// GracefulTerminationTimeout bounds how long a removed TCP real server
+	// drains at weight 0 before it is deleted (upstream has no bound).
+	GracefulTerminationTimeout time.Duration
+	// ExternalLocalFallback: with externalTrafficPolicy Local and no local
+	// endpoint, use the cluster's endpoints (upstream IPVS mode) instead of
+	// refusing (upstream iptables/nftables modes, our default).
+	ExternalLocalFallback bool
 
 	// NodePortAddresses is --nodeport-addresses: CIDRs and the keywords
 	// "primary", "all" and "localhost", as kube-proxy. Empty means all of
@@ -80,14 +97,15 @@ type Options struct {
 // NewOptions returns Options with kube-proxy's defaults.
 func NewOptions() *Options {
 	return &Options{
-		IPVSScheduler:      DefaultIPVSScheduler,
-		IPVSSyncPeriod:     DefaultIPVSSyncPeriod,
-		HealthzBindAddress: DefaultHealthzBindAddress,
-		MetricsBindAddress: DefaultMetricsBindAddress,
-		KubeAPIQPS:         DefaultKubeAPIQPS,
-		KubeAPIBurst:       DefaultKubeAPIBurst,
-		KubeAPIContentType: ContentTypeProtobuf,
-		Logging:            logsapi.NewLoggingConfiguration(),
+		IPVSScheduler:              DefaultIPVSScheduler,
+		IPVSSyncPeriod:             DefaultIPVSSyncPeriod,
+		GracefulTerminationTimeout: DefaultGracefulTerminationTimeout,
+		HealthzBindAddress:         DefaultHealthzBindAddress,
+		MetricsBindAddress:         DefaultMetricsBindAddress,
+		KubeAPIQPS:                 DefaultKubeAPIQPS,
+		KubeAPIBurst:               DefaultKubeAPIBurst,
+		KubeAPIContentType:         ContentTypeProtobuf,
+		Logging:                    logsapi.NewLoggingConfiguration(),
 	}
 }
 
@@ -116,6 +134,19 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"The minimum period between IPVS rule resyncs (e.g. '5s', '1m', '2h22m'). 0 means 1s, kube-proxy's default (capped at --ipvs-sync-period).")
 	fs.BoolVar(&o.IPVSStrictARP, "ipvs-strict-arp", o.IPVSStrictARP,
 		"Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2")
+
+	fs.StringSliceVar(&o.IPVSExcludeCIDRs, "ipvs-exclude-cidrs", o.IPVSExcludeCIDRs,
+		"A comma-separated list of CIDRs which the proxy must not touch when managing IPVS virtual servers.")
+	fs.DurationVar(&o.IPVSTCPTimeout, "ipvs-tcp-timeout", o.IPVSTCPTimeout,
+		"The timeout for idle IPVS TCP connections, 0 to leave as is (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&o.IPVSTCPFinTimeout, "ipvs-tcpfin-timeout", o.IPVSTCPFinTimeout,
+		"The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as is (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&o.IPVSUDPTimeout, "ipvs-udp-timeout", o.IPVSUDPTimeout,
+		"The timeout for IPVS UDP packets, 0 to leave as is (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&o.GracefulTerminationTimeout, "ipvs-graceful-termination-timeout", o.GracefulTerminationTimeout,
+		"How long a removed TCP real server may drain (weight 0) while it still has connections before it is deleted. 0 deletes at once.")
+	fs.BoolVar(&o.ExternalLocalFallback, "external-traffic-local-fallback", o.ExternalLocalFallback,
+		"For externalTrafficPolicy: Local Services on a node without a local endpoint, send external traffic to the cluster's endpoints (upstream IPVS mode) instead of refusing it (upstream iptables and nftables modes, the default).")
 
 	fs.StringSliceVar(&o.NodePortAddresses, "nodeport-addresses", o.NodePortAddresses,
 		"A list of CIDR ranges and/or the keywords 'primary' (the Node object's primary IPv4 and/or IPv6 addresses), 'all' (0.0.0.0/0 and ::/0) and 'localhost' (127.0.0.0/8 and ::1/128). NodePort services are only accessible on node IPs covered by the list. If unset, all of the node's IPs are used.")

@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
@@ -26,7 +27,7 @@ import (
 // kernel state in place, so traffic keeps flowing while it restarts.
 func Run(ctx context.Context, o *Options) error {
 	if o.Cleanup {
-		return errors.New("--cleanup is not supported yet")
+		return cleanup(o)
 	}
 	nodeName, err := o.NodeName()
 	if err != nil {
@@ -40,6 +41,11 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	excludeCIDRs, err := o.ExcludeCIDRPrefixes()
+	if err != nil {
+		return err
+	}
+	excluded := func(a netip.Addr) bool { return ipvs.Excluded(ipvs.Config{ExcludeCIDRs: excludeCIDRs}, a) }
 
 	// The kernel first: without IPVS there is nothing to do, and the
 	// operator must hear it at once.
@@ -48,6 +54,10 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	defer kipvs.Close()
+	// ipvsadm --set TCP TCPFIN UDP (0 leaves a value as it is).
+	if err := kipvs.SetTimeouts(o.IPVSTCPTimeout, o.IPVSTCPFinTimeout, o.IPVSUDPTimeout); err != nil {
+		return fmt.Errorf("setting IPVS timeouts: %w", err)
+	}
 	if err := sysctl.EnsureIPVSSysctls(sysctl.New(), sysctl.IPVSOptions{StrictARP: o.IPVSStrictARP, Logger: klog.FromContext(ctx)}); err != nil {
 		return err
 	}
@@ -94,6 +104,12 @@ func Run(ctx context.Context, o *Options) error {
 		go serveForever(ctx, "healthz", health.Run)
 	}
 
+	svcHealth := healthcheck.NewServiceHealthServer(nodeName, nil, func() bool { return health.Health().Healthy })
+	defer svcHealth.Close()
+	applier := ipvs.NewApplierWithOptions(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.ApplierOptions{
+		GracefulTerminationTimeout: o.GracefulTerminationTimeout,
+		Excluded:                   excluded,
+	})
 	p := proxy.New(proxy.Config{
 		Scheduler:     o.Scheduler(),
 		Families:      families,
@@ -103,8 +119,11 @@ func Run(ctx context.Context, o *Options) error {
 		NodePortAddresses: func(nodeAddrs []netip.Addr) []netip.Addr {
 			return ResolveNodePortAddresses(npa, nodeAddrs)
 		},
-	}, cache, proxy.LocalAddresses, ipvs.NewApplier(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName)),
-		&iptables.Applier{IPSet: ipset, Tables: tables}, health)
+		ExcludeCIDRs:           excludeCIDRs,
+		LocalFallbackToCluster: o.ExternalLocalFallback,
+	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,
+		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New()})
+	go drain(ctx, applier)
 
 	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
 	cache.OnChange(func() {
@@ -129,6 +148,86 @@ func Run(ctx context.Context, o *Options) error {
 	r.Loop(ctx)
 	cache.Shutdown()
 	klog.InfoS("Stopping; the kernel state stays in place")
+	return nil
+}
+
+// drain deletes the real servers that finished draining (weight 0 with no
+// connections left, or past --ipvs-graceful-termination-timeout), checking
+// every second while any drains.
+func drain(ctx context.Context, a *ipvs.Applier) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if a.Draining() == 0 {
+				continue
+			}
+			if err := a.ProcessDraining(); err != nil {
+				klog.ErrorS(err, "Deleting drained real servers; retrying in a second")
+			}
+		}
+	}
+}
+
+// cleanup is --cleanup: it removes exactly this proxy's kernel state (our
+// virtual servers, kube-ipvs0, the KUBE-* chains and ipsets of both
+// families) and nothing another tool made.
+func cleanup(o *Options) error {
+	excludeCIDRs, err := o.ExcludeCIDRPrefixes()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	var k ipvs.IPVS
+	kipvs, err := ipvs.NewKernelIPVS()
+	switch {
+	case err == nil:
+		defer kipvs.Close()
+		k = kipvs
+	case errors.Is(err, ipvs.ErrIPVSUnavailable):
+		klog.InfoS("No IPVS in this kernel: only the dummy link, chains and ipsets are cleaned up")
+	default:
+		errs = append(errs, err)
+	}
+	local, err := proxy.LocalAddresses()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := ipvs.Cleanup(k, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.CleanupOptions{
+		Excluded:          func(a netip.Addr) bool { return ipvs.Excluded(ipvs.Config{ExcludeCIDRs: excludeCIDRs}, a) },
+		NodePortAddresses: local,
+	}); err != nil {
+		errs = append(errs, err)
+	}
+	ipset, err := iptables.NewNetlinkIPSet()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer ipset.Close()
+	tables := map[iptables.Family]iptables.Tables{}
+	families := []iptables.Family{}
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if f == iptables.IPv6 && !ipv6Enabled() {
+			continue
+		}
+		t, err := iptables.NewIptablesTables(f, iptables.BackendDefault)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tables[f] = t
+		families = append(families, f)
+	}
+	if err := (&iptables.Applier{IPSet: ipset, Tables: tables}).Cleanup(families); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	klog.InfoS("Cleaned up: our virtual servers, kube-ipvs0, KUBE-* chains and ipsets are gone")
 	return nil
 }
 

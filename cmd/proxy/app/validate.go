@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Validate checks the options and returns every problem found, each
@@ -23,6 +24,16 @@ func (o *Options) Validate() error {
 	}
 	if _, err := ParseNodePortAddresses(o.NodePortAddresses); err != nil {
 		add(fmt.Errorf("--nodeport-addresses: %w", err))
+	}
+
+	if _, err := o.ExcludeCIDRPrefixes(); err != nil {
+		add(err)
+	}
+	for name, d := range map[string]time.Duration{"--ipvs-tcp-timeout": o.IPVSTCPTimeout, "--ipvs-tcpfin-timeout": o.IPVSTCPFinTimeout,
+		"--ipvs-udp-timeout": o.IPVSUDPTimeout, "--ipvs-graceful-termination-timeout": o.GracefulTerminationTimeout} {
+		if d < 0 {
+			add(fmt.Errorf("%s: must be 0 or more, got %s", name, d))
+		}
 	}
 
 	if o.IPVSSyncPeriod <= 0 {
@@ -84,6 +95,23 @@ func (o *Options) ClusterCIDRPrefixes() ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("--cluster-cidr: got %d CIDRs, want one, or a dual-stack pair (one IPv4, one IPv6)", len(out))
 	case len(out) == 2 && out[0].Addr().Is4() == out[1].Addr().Is4():
 		return nil, fmt.Errorf("--cluster-cidr: %s and %s are the same family, want one IPv4 and one IPv6", out[0], out[1])
+	}
+	return out, nil
+}
+
+// ExcludeCIDRPrefixes parses --ipvs-exclude-cidrs.
+func (o *Options) ExcludeCIDRPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range o.IPVSExcludeCIDRs {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--ipvs-exclude-cidrs: %q is not a valid CIDR", s)
+		}
+		out = append(out, p.Masked())
 	}
 	return out, nil
 }
