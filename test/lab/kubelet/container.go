@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"net/netip"
 	"os"
 	"strings"
 
@@ -11,10 +12,19 @@ import (
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // containerEnv is the process environment: PATH and HOSTNAME, the lab's
-// POD_NAME, POD_NAMESPACE, POD_IP and NODE_NAME, then the container's env
-// entries with a plain value or a supported fieldRef (later entries win, so
-// a container can override the lab's variables).
-func containerEnv(pod *v1.Pod, c *v1.Container, podIP, hostIP string) []string {
+// POD_NAME, POD_NAMESPACE, POD_IP (the first pod IP, IPv4) and NODE_NAME,
+// then the container's env entries with a plain value or a supported
+// fieldRef (later entries win, so a container can override the lab's
+// variables). podIPs and hostIPs are IPv4 first.
+func containerEnv(pod *v1.Pod, c *v1.Container, podIPs []netip.Addr, hostIPs []string) []string {
+	var ips []string
+	for _, ip := range podIPs {
+		ips = append(ips, ip.String())
+	}
+	podIP := ""
+	if len(ips) > 0 {
+		podIP = ips[0]
+	}
 	path := os.Getenv("PATH")
 	if path == "" {
 		path = defaultPath
@@ -37,7 +47,7 @@ func containerEnv(pod *v1.Pod, c *v1.Container, podIP, hostIP string) []string {
 			continue
 		}
 		if f := e.ValueFrom.FieldRef; f != nil {
-			if v, ok := fieldRefValue(pod, f.FieldPath, podIP, hostIP); ok {
+			if v, ok := fieldRefValue(pod, f.FieldPath, ips, hostIPs); ok {
 				add(e.Name, v)
 			}
 		}
@@ -47,7 +57,16 @@ func containerEnv(pod *v1.Pod, c *v1.Container, podIP, hostIP string) []string {
 	return env
 }
 
-func fieldRefValue(pod *v1.Pod, path, podIP, hostIP string) (string, bool) {
+// fieldRefValue resolves a fieldRef as the kubelet does: status.podIP is
+// the first pod IP, status.podIPs all of them comma-separated (likewise for
+// the host IPs).
+func fieldRefValue(pod *v1.Pod, path string, podIPs, hostIPs []string) (string, bool) {
+	first := func(s []string) string {
+		if len(s) > 0 {
+			return s[0]
+		}
+		return ""
+	}
 	switch path {
 	case "metadata.name":
 		return pod.Name, true
@@ -59,10 +78,14 @@ func fieldRefValue(pod *v1.Pod, path, podIP, hostIP string) (string, bool) {
 		return pod.Spec.NodeName, true
 	case "spec.serviceAccountName":
 		return pod.Spec.ServiceAccountName, true
-	case "status.podIP", "status.podIPs":
-		return podIP, true
-	case "status.hostIP", "status.hostIPs":
-		return hostIP, true
+	case "status.podIP":
+		return first(podIPs), true
+	case "status.podIPs":
+		return strings.Join(podIPs, ","), true
+	case "status.hostIP":
+		return first(hostIPs), true
+	case "status.hostIPs":
+		return strings.Join(hostIPs, ","), true
 	}
 	return "", false
 }

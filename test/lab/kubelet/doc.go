@@ -7,6 +7,12 @@
 // traffic goes through the node namespace's IP stack (where the proxy under
 // test programs IPVS).
 //
+// With an IPv6 pod CIDR as well (--pod-cidr 10.244.1.0/24,fd00:10:244:1::/64)
+// pods are dual-stack: eth0 also has IP6/128 and a default route via
+// fe80::1, which the node side of every pod veth carries, and
+// status.podIPs lists the IPv4 address first, then the IPv6 one. Readiness
+// probes and POD_IP use the IPv4 address.
+//
 // It also has a tiny round-robin scheduler (Scheduler) for pods created
 // without spec.nodeName.
 //

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 // Config is one node's kubelet.
 type Config struct {
 	NodeName   string // the Node object and spec.nodeName to serve
-	PodCIDR    string // e.g. 10.244.1.0/24
+	PodCIDR    string // IPv4, or IPv4,IPv6 for dual-stack pods: 10.244.1.0/24,fd00:10:244:1::/64
 	NodeNetns  string // the node's network namespace, e.g. node1
 	EchoBinary string // run for containers without a command
 	StateDir   string // see the package doc
@@ -41,11 +42,12 @@ type Kubelet struct {
 	client  kubernetes.Interface
 	log     *log.Logger
 	ip      ipCmd
-	alloc   *Allocator
+	alloc   *Allocator // IPv4
+	alloc6  *Allocator // IPv6; nil on an IPv4-only node
 	records *recordStore
 
-	hostMu sync.Mutex
-	hostIP string
+	hostMu  sync.Mutex
+	hostIPs []string // the node's InternalIPs, one per family, IPv4 first
 
 	mu      sync.Mutex
 	ctx     context.Context
@@ -64,12 +66,9 @@ func New(client kubernetes.Interface, cfg Config) (*Kubelet, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	}
-	alloc, err := NewAllocator(cfg.PodCIDR)
+	alloc, alloc6, err := newAllocators(cfg.PodCIDR)
 	if err != nil {
 		return nil, err
-	}
-	if !alloc.Prefix().Addr().Is4() {
-		return nil, fmt.Errorf("pod CIDR %s: only IPv4 pod CIDRs are supported", cfg.PodCIDR)
 	}
 	ip, err := findIP()
 	if err != nil {
@@ -83,16 +82,59 @@ func New(client kubernetes.Interface, cfg Config) (*Kubelet, error) {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	return &Kubelet{
-		cfg: cfg, client: client, log: cfg.Logger, ip: ip, alloc: alloc,
+		cfg: cfg, client: client, log: cfg.Logger, ip: ip, alloc: alloc, alloc6: alloc6,
 		records: records, workers: map[types.UID]*podWorker{},
 	}, nil
 }
 
-// HostIP is the node's InternalIP, "" until the Node object was read.
+// newAllocators parses --pod-cidr: an IPv4 CIDR, then optionally an IPv6
+// one.
+func newAllocators(cidrs string) (alloc, alloc6 *Allocator, err error) {
+	parts := strings.Split(cidrs, ",")
+	if len(parts) > 2 {
+		return nil, nil, fmt.Errorf("pod CIDRs %q: want an IPv4 CIDR and optionally an IPv6 one", cidrs)
+	}
+	if alloc, err = NewAllocator(strings.TrimSpace(parts[0])); err != nil {
+		return nil, nil, err
+	}
+	if !alloc.Prefix().Addr().Is4() {
+		return nil, nil, fmt.Errorf("pod CIDRs %q: the first must be IPv4 (readiness probes and POD_IP use it)", cidrs)
+	}
+	if len(parts) == 2 {
+		if alloc6, err = NewAllocator(strings.TrimSpace(parts[1])); err != nil {
+			return nil, nil, err
+		}
+		if !alloc6.Prefix().Addr().Is6() {
+			return nil, nil, fmt.Errorf("pod CIDRs %q: the second must be IPv6", cidrs)
+		}
+	}
+	return alloc, alloc6, nil
+}
+
+// podCIDRs describes the allocators, for the log.
+func (k *Kubelet) podCIDRs() string {
+	s := k.alloc.Prefix().String()
+	if k.alloc6 != nil {
+		s += "," + k.alloc6.Prefix().String()
+	}
+	return s
+}
+
+// HostIP is the node's first InternalIP (IPv4 in the lab), "" until the
+// Node object was read.
 func (k *Kubelet) HostIP() string {
+	if ips := k.HostIPs(); len(ips) > 0 {
+		return ips[0]
+	}
+	return ""
+}
+
+// HostIPs are the node's InternalIPs, at most one per family, in the
+// Node's order; nil until the Node object was read.
+func (k *Kubelet) HostIPs() []string {
 	k.hostMu.Lock()
 	defer k.hostMu.Unlock()
-	return k.hostIP
+	return k.hostIPs
 }
 
 // Run serves pods until ctx ends, then stops (tearing pods down only with
@@ -101,8 +143,8 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	if !netnsExists(k.cfg.NodeNetns) {
 		return fmt.Errorf("node network namespace %q does not exist (create it before starting the kubelet)", k.cfg.NodeNetns)
 	}
-	if err := enableForwarding(k.cfg.NodeNetns); err != nil {
-		return fmt.Errorf("enabling IPv4 forwarding in %s: %w", k.cfg.NodeNetns, err)
+	if err := enableForwarding(k.cfg.NodeNetns, k.alloc6 != nil); err != nil {
+		return fmt.Errorf("enabling forwarding in %s: %w", k.cfg.NodeNetns, err)
 	}
 	k.mu.Lock()
 	k.ctx = ctx
@@ -116,7 +158,7 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	k.log.Printf("kubelet for node %s: pod CIDR %s, node netns %s, state %s; waiting for the pod list",
-		k.cfg.NodeName, k.alloc.Prefix(), k.cfg.NodeNetns, k.cfg.StateDir)
+		k.cfg.NodeName, k.podCIDRs(), k.cfg.NodeNetns, k.cfg.StateDir)
 	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced) {
 		return ctx.Err()
 	}
@@ -158,6 +200,7 @@ func (k *Kubelet) cleanupPrevious(objs []any) {
 	for _, r := range recs {
 		netw := podNetwork{NodeNetns: k.cfg.NodeNetns, Netns: r.Netns, Veth: r.Veth}
 		netw.IP, _ = netip.ParseAddr(r.IP)
+		netw.IP6, _ = netip.ParseAddr(r.IP6)
 		if err := k.ip.teardown(ctx, netw); err != nil {
 			k.log.Printf("leftover %s of pod %s/%s: teardown failed: %v", r.Netns, r.Namespace, r.Name, err)
 			continue
@@ -165,19 +208,34 @@ func (k *Kubelet) cleanupPrevious(objs []any) {
 		_ = k.records.remove(r.Netns)
 		if p, ok := known[r.UID]; ok && netw.IP.IsValid() {
 			if err := k.alloc.Reserve(string(p.UID), netw.IP); err == nil {
-				k.log.Printf("leftover %s of pod %s/%s removed; the pod will be set up again with %s", r.Netns, r.Namespace, r.Name, netw.IP)
+				if k.alloc6 != nil && netw.IP6.IsValid() {
+					_ = k.alloc6.Reserve(string(p.UID), netw.IP6)
+				}
+				k.log.Printf("leftover %s of pod %s/%s removed; the pod will be set up again with %s", r.Netns, r.Namespace, r.Name, netw)
 				continue
 			}
 		}
 		if r.Namespace != "" && r.Name != "" && !knownName(known, r.Namespace, r.Name) {
 			_ = os.RemoveAll(podControlDir(k.cfg.StateDir, r.Namespace, r.Name))
 		}
-		k.log.Printf("leftover %s of pod %s/%s (%s) removed", r.Netns, r.Namespace, r.Name, r.IP)
+		k.log.Printf("leftover %s of pod %s/%s (%s) removed", r.Netns, r.Namespace, r.Name, netw)
 	}
-	// Pods whose records are lost keep the IP they have in the API.
+	// Pods whose records are lost keep the IPs they have in the API
+	// (Reserve keeps an IP reserved above).
 	for uid, p := range known {
-		if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && k.alloc.Prefix().Contains(ip) {
-			_ = k.alloc.Reserve(string(uid), ip)
+		ips := []string{p.Status.PodIP}
+		for _, pip := range p.Status.PodIPs {
+			ips = append(ips, pip.IP)
+		}
+		for _, s := range ips {
+			ip, err := netip.ParseAddr(s)
+			switch {
+			case err != nil:
+			case k.alloc.Prefix().Contains(ip):
+				_ = k.alloc.Reserve(string(uid), ip)
+			case k.alloc6 != nil && k.alloc6.Prefix().Contains(ip):
+				_ = k.alloc6.Reserve(string(uid), ip)
+			}
 		}
 	}
 }
@@ -193,21 +251,19 @@ func knownName(known map[types.UID]*v1.Pod, namespace, name string) bool {
 	return false
 }
 
-// watchHostIP reads the node's InternalIP for status.hostIP, retrying
+// watchHostIP reads the node's InternalIPs for status.hostIP(s), retrying
 // until the Node exists.
 func (k *Kubelet) watchHostIP(ctx context.Context) {
 	warned := false
 	for {
 		node, err := k.client.CoreV1().Nodes().Get(ctx, k.cfg.NodeName, metav1.GetOptions{})
 		if err == nil {
-			for _, a := range node.Status.Addresses {
-				if a.Type == v1.NodeInternalIP && a.Address != "" {
-					k.hostMu.Lock()
-					k.hostIP = a.Address
-					k.hostMu.Unlock()
-					k.log.Printf("node %s InternalIP %s", k.cfg.NodeName, a.Address)
-					return
-				}
+			if ips := internalIPs(node); len(ips) > 0 {
+				k.hostMu.Lock()
+				k.hostIPs = ips
+				k.hostMu.Unlock()
+				k.log.Printf("node %s InternalIPs %s", k.cfg.NodeName, strings.Join(ips, ","))
+				return
 			}
 			err = errors.New("node has no InternalIP")
 		}
@@ -221,6 +277,22 @@ func (k *Kubelet) watchHostIP(ctx context.Context) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// internalIPs are a Node's InternalIPs, the first of each family, in the
+// Node's order (the kubelet's status.hostIPs).
+func internalIPs(node *v1.Node) []string {
+	var out []string
+	seen := map[bool]bool{} // is IPv4 -> seen
+	for _, a := range node.Status.Addresses {
+		ip, err := netip.ParseAddr(a.Address)
+		if a.Type != v1.NodeInternalIP || err != nil || seen[ip.Is4()] {
+			continue
+		}
+		seen[ip.Is4()] = true
+		out = append(out, ip.String())
+	}
+	return out
 }
 
 func (k *Kubelet) onPod(obj any) {

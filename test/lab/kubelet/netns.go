@@ -65,16 +65,39 @@ func netnsExists(name string) bool {
 	return err == nil
 }
 
+// Gateway6 is the pod's IPv6 gateway: a link-local address on the node
+// side of every pod veth (as the IPv4 gateway is the pod CIDR's first
+// address on every one of them).
+var Gateway6 = netip.MustParseAddr("fe80::1")
+
 // podNetwork is one pod's plumbing.
 type podNetwork struct {
 	NodeNetns string     // the node's namespace, e.g. node1
 	Netns     string     // the pod's namespace, p<hex>
 	Veth      string     // node-side veth, v<hex>
-	IP        netip.Addr // the pod IP
-	Gateway   netip.Addr // the pod CIDR's first address
+	IP        netip.Addr // the pod's IPv4 address
+	Gateway   netip.Addr // the IPv4 pod CIDR's first address
+	IP6       netip.Addr // the pod's IPv6 address; invalid on an IPv4-only node
 }
 
 func (n podNetwork) bits() string { return strconv.Itoa(n.IP.BitLen()) }
+
+// IPs are the pod's addresses, IPv4 first.
+func (n podNetwork) IPs() []netip.Addr {
+	ips := []netip.Addr{n.IP}
+	if n.IP6.IsValid() {
+		ips = append(ips, n.IP6)
+	}
+	return ips
+}
+
+func (n podNetwork) String() string {
+	s := n.IP.String()
+	if n.IP6.IsValid() {
+		s += "," + n.IP6.String()
+	}
+	return s
+}
 
 // setup builds the pod's namespace and veth. Equivalent commands:
 //
@@ -88,6 +111,19 @@ func (n podNetwork) bits() string { return strconv.Itoa(n.IP.BitLen()) }
 //	ip -n NODE addr add GW/32 dev vX
 //	ip -n NODE link set vX up
 //	ip -n NODE route add IP/32 dev vX
+//
+// and, with an IPv6 pod address, the same for IPv6 with the link-local
+// gateway fe80::1 on the node side:
+//
+//	ip -n pX addr add IP6/128 dev eth0 nodad
+//	ip -6 -n pX route add default via fe80::1 dev eth0
+//	ip -n NODE addr add fe80::1/64 dev vX nodad
+//	ip -n NODE route add IP6/128 dev vX
+//
+// nodad: duplicate address detection would keep each address tentative
+// (unusable) for a second or more, and these addresses are unique by
+// construction. The node side's fe80::1 is also what the node's neighbour
+// solicitations towards the pod come from, so it must not be tentative.
 //
 // Creating both veth ends directly in their namespaces means no transient
 // "eth0" ever appears in the kubelet's own namespace. A partial earlier
@@ -114,6 +150,15 @@ func (c ipCmd) setup(ctx context.Context, n podNetwork) error {
 		{"-n", n.NodeNetns, "link", "set", n.Veth, "up"},
 		{"-n", n.NodeNetns, "route", "add", ip + "/" + n.bits(), "dev", n.Veth},
 	}
+	if n.IP6.IsValid() {
+		ip6, gw6 := n.IP6.String()+"/128", Gateway6.String()
+		steps = append(steps,
+			[]string{"-n", n.Netns, "addr", "add", ip6, "dev", "eth0", "nodad"},
+			[]string{"-6", "-n", n.Netns, "route", "add", "default", "via", gw6, "dev", "eth0"},
+			[]string{"-n", n.NodeNetns, "addr", "add", gw6 + "/64", "dev", n.Veth, "nodad"},
+			[]string{"-n", n.NodeNetns, "route", "add", ip6, "dev", n.Veth},
+		)
+	}
 	for _, args := range steps {
 		if err := c.run(ctx, args...); err != nil {
 			return err
@@ -129,6 +174,7 @@ func (c ipCmd) setup(ctx context.Context, n podNetwork) error {
 //
 //	kill -KILL $(ip netns pids pX)
 //	ip -n NODE route del IP/32 dev vX
+//	ip -n NODE route del IP6/128 dev vX
 //	ip -n NODE link del vX        (removes eth0 in pX too)
 //	ip netns del pX
 func (c ipCmd) teardown(ctx context.Context, n podNetwork) error {
@@ -141,6 +187,9 @@ func (c ipCmd) teardown(ctx context.Context, n podNetwork) error {
 	if netnsExists(n.NodeNetns) && c.linkExists(ctx, n.NodeNetns, n.Veth) {
 		if n.IP.IsValid() {
 			_ = c.run(ctx, "-n", n.NodeNetns, "route", "del", n.IP.String()+"/"+n.bits(), "dev", n.Veth)
+		}
+		if n.IP6.IsValid() {
+			_ = c.run(ctx, "-n", n.NodeNetns, "route", "del", n.IP6.String()+"/128", "dev", n.Veth)
 		}
 		if err := c.run(ctx, "-n", n.NodeNetns, "link", "del", n.Veth); err != nil {
 			errs = append(errs, err)
@@ -224,10 +273,17 @@ func inNetns(name string, fn func() error) error {
 	return <-done
 }
 
-// enableForwarding turns on IPv4 forwarding in the node namespace, as the
-// ptp CNI plugin does: pods reach anything beyond the node only through it.
-func enableForwarding(nodeNetns string) error {
+// enableForwarding turns on IPv4 (and with ipv6, IPv6) forwarding in the
+// node namespace, as the ptp CNI plugin does: pods reach anything beyond
+// the node only through it.
+func enableForwarding(nodeNetns string, ipv6 bool) error {
 	return inNetns(nodeNetns, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+			return err
+		}
+		if ipv6 {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
+		}
+		return nil
 	})
 }

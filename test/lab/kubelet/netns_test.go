@@ -97,12 +97,16 @@ func mustRun(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+// nodeIP6 is the test node's IPv6 address.
+const nodeIP6 = "fd00:172:30::99"
+
 // lab is one test's node: a node namespace, a fake API and a state dir.
 type lab struct {
 	t        *testing.T
 	node     string
 	nodeNS   string
-	cidr     string
+	cidr     string // IPv4 pod CIDR
+	cidr6    string // IPv6 pod CIDR: the node is dual-stack, as in the lab
 	stateDir string
 	client   *fake.Clientset
 	watching chan struct{}
@@ -119,6 +123,7 @@ func newLab(t *testing.T) *lab {
 		t: t, node: "testnode", nodeNS: "ltn" + hex.EncodeToString(suffix),
 		// A different CIDR per run keeps parallel runs apart.
 		cidr:     fmt.Sprintf("10.244.%d.0/24", 100+int(suffix[0])%100),
+		cidr6:    fmt.Sprintf("fd00:10:244:%d::/64", 100+int(suffix[0])%100),
 		stateDir: t.TempDir(),
 		logs:     &syncBuffer{},
 		watching: make(chan struct{}, 100),
@@ -130,11 +135,15 @@ func newLab(t *testing.T) *lab {
 	l.testBin = bin
 	mustRun(t, "ip", "netns", "add", l.nodeNS)
 	mustRun(t, "ip", "-n", l.nodeNS, "link", "set", "lo", "up")
+	// The node's own IPv6 address (a lab node has it on its eth0): the
+	// source of the node's IPv6 connections to pods.
+	mustRun(t, "ip", "-n", l.nodeNS, "addr", "add", nodeIP6+"/128", "dev", "lo", "nodad")
 	t.Cleanup(l.cleanup)
 
 	l.client = fake.NewClientset(&v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: l.node},
-		Status:     v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "172.30.0.99"}}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeInternalIP, Address: "172.30.0.99"}, {Type: v1.NodeInternalIP, Address: nodeIP6}}},
 	})
 	// The fake API drops events between an informer's list and its watch;
 	// tests create pods only once the watch is there.
@@ -175,7 +184,7 @@ func (l *lab) cleanup() {
 func (l *lab) start(teardownOnExit bool) (stop func()) {
 	l.t.Helper()
 	k, err := New(l.client, Config{
-		NodeName: l.node, PodCIDR: l.cidr, NodeNetns: l.nodeNS, EchoBinary: l.testBin,
+		NodeName: l.node, PodCIDR: l.cidr + "," + l.cidr6, NodeNetns: l.nodeNS, EchoBinary: l.testBin,
 		StateDir: l.stateDir, TeardownOnExit: teardownOnExit, KillWait: 2 * time.Second,
 		Logger: log.New(l.logs, "", log.Lmicroseconds),
 	})
@@ -269,7 +278,8 @@ func (l *lab) echoClient(netns string, args ...string) ([]string, error) {
 
 func (l *lab) expectAnswers(netns, proto, podName string, podIP, clientIP string) {
 	l.t.Helper()
-	lines, err := l.echoClient(netns, "--proto", proto, "--addr", podIP+":8080", "--count", "3")
+	addr := netip.AddrPortFrom(netip.MustParseAddr(podIP), 8080).String()
+	lines, err := l.echoClient(netns, "--proto", proto, "--addr", addr, "--count", "3")
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -321,6 +331,20 @@ func TestKubeletRealNetns(t *testing.T) {
 		if !prefix.Contains(ip) || ip == prefix.Addr().Next() {
 			t.Fatalf("pod %s got IP %s outside %s or the gateway", name, ip, l.cidr)
 		}
+		if len(p.Status.PodIPs) != 2 || p.Status.PodIPs[0].IP != p.Status.PodIP {
+			t.Fatalf("pod %s podIPs %v, want IPv4 %s then IPv6", name, p.Status.PodIPs, p.Status.PodIP)
+		}
+		ip6 := netip.MustParseAddr(p.Status.PodIPs[1].IP)
+		if prefix6 := netip.MustParsePrefix(l.cidr6); !ip6.Is6() || !prefix6.Contains(ip6) || ip6 == prefix6.Addr().Next() {
+			t.Fatalf("pod %s got IPv6 %s outside %s or its first address", name, ip6, l.cidr6)
+		}
+		if _, dup := ips[ip6.String()]; dup {
+			t.Fatalf("IP %s given twice", ip6)
+		}
+		ips[ip6.String()] = name
+		if len(p.Status.HostIPs) != 2 || p.Status.HostIPs[1].IP != nodeIP6 {
+			t.Fatalf("pod %s hostIPs %v", name, p.Status.HostIPs)
+		}
 		if p.Status.HostIP != "172.30.0.99" || p.Status.Phase != v1.PodRunning || p.Status.StartTime == nil {
 			t.Fatalf("pod %s status %+v", name, p.Status)
 		}
@@ -334,6 +358,7 @@ func TestKubeletRealNetns(t *testing.T) {
 		gw = prefix.Addr().Next().String()
 	}
 	webIP, tcpIP := l.mustIP("web"), l.mustIP("tcp")
+	webIP6, tcpIP6 := l.mustIP6("web"), l.mustIP6("tcp")
 
 	t.Run("node reaches pods over TCP and UDP", func(t *testing.T) {
 		// The node's source address towards a pod is the gateway on the
@@ -344,6 +369,14 @@ func TestKubeletRealNetns(t *testing.T) {
 	t.Run("pod reaches pod through the node with its own IP", func(t *testing.T) {
 		l.expectAnswers(PodNetnsName(web.UID), "tcp", "tcp", tcpIP, webIP)
 		l.expectAnswers(PodNetnsName(web.UID), "udp", "tcp", tcpIP, webIP)
+	})
+	t.Run("node reaches pods over IPv6", func(t *testing.T) {
+		l.expectAnswers(l.nodeNS, "tcp", "web", webIP6, nodeIP6)
+		l.expectAnswers(l.nodeNS, "udp", "web", webIP6, nodeIP6)
+	})
+	t.Run("pod reaches pod over IPv6 through the node with its own IP", func(t *testing.T) {
+		l.expectAnswers(PodNetnsName(web.UID), "tcp", "tcp", tcpIP6, webIP6)
+		l.expectAnswers(PodNetnsName(web.UID), "udp", "tcp", tcpIP6, webIP6)
 	})
 	t.Run("unready file flips readiness", func(t *testing.T) {
 		f := UnreadyFile(l.stateDir, "default", "web")
@@ -410,7 +443,7 @@ func TestKubeletRealNetns(t *testing.T) {
 	// A kubelet that exits leaves its pods running; the next run removes
 	// the ones whose pods are gone, sets up again (same IP) the ones that
 	// still exist, and sets up new ones.
-	exeIP := l.mustIP("exec")
+	exeIP, exeIP6 := l.mustIP("exec"), l.mustIP6("exec")
 	stop()
 	if ns := netnsList(t); !strings.Contains(ns, PodNetnsName(exe.UID)) || !strings.Contains(ns, PodNetnsName(noProbe.UID)) {
 		t.Fatal("kubelet exit tore pods down without --teardown-on-exit")
@@ -435,6 +468,10 @@ func TestKubeletRealNetns(t *testing.T) {
 	if ip := l.mustIP("exec"); ip != exeIP {
 		t.Errorf("exec changed IP across a kubelet restart: %s -> %s", exeIP, ip)
 	}
+	if ip := l.mustIP6("exec"); ip != exeIP6 {
+		t.Errorf("exec changed IPv6 across a kubelet restart: %s -> %s", exeIP6, ip)
+	}
+	l.expectAnswers(l.nodeNS, "tcp", "exec", exeIP6, nodeIP6)
 	l.expectAnswers(l.nodeNS, "tcp", "exec", exeIP, gw)
 	stop2()
 	l.checkGone(late)
@@ -451,6 +488,16 @@ func TestKubeletRealNetns(t *testing.T) {
 	if recs, _ := filepath.Glob(filepath.Join(l.stateDir, l.node, "*")); len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
 	}
+}
+
+// mustIP6 is the pod's IPv6 address.
+func (l *lab) mustIP6(name string) string {
+	l.t.Helper()
+	p, err := l.get(name)
+	if err != nil || len(p.Status.PodIPs) != 2 {
+		l.t.Fatalf("pod %s has no IPv6 address: %v", name, err)
+	}
+	return p.Status.PodIPs[1].IP
 }
 
 func (l *lab) mustIP(name string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -128,7 +129,7 @@ func (w *podWorker) run(ctx context.Context) {
 	}
 	pod := w.pod
 	c := &pod.Spec.Containers[0]
-	env := containerEnv(pod, c, netw.IP.String(), w.k.HostIP())
+	env := containerEnv(pod, c, netw.IPs(), w.k.HostIPs())
 	argv := append([]string{w.k.ip.path, "netns", "exec", netw.Netns}, containerArgv(c, w.k.cfg.EchoBinary, env)...)
 	if err := os.MkdirAll(podControlDir(w.k.cfg.StateDir, w.ns, w.nm), 0o755); err != nil {
 		w.logf("control directory: %v", err)
@@ -173,7 +174,7 @@ func (w *podWorker) setupNetwork(ctx context.Context) (podNetwork, bool) {
 	for attempt := 1; ; attempt++ {
 		netw, err := w.trySetup(ctx)
 		if err == nil {
-			w.logf("network ready: %s in netns %s, veth %s in %s", netw.IP, netw.Netns, netw.Veth, netw.NodeNetns)
+			w.logf("network ready: %s in netns %s, veth %s in %s", netw, netw.Netns, netw.Veth, netw.NodeNetns)
 			return netw, true
 		}
 		w.logf("network setup attempt %d failed: %v", attempt, err)
@@ -191,7 +192,7 @@ func (w *podWorker) setupNetwork(ctx context.Context) (podNetwork, bool) {
 					_ = k.records.remove(netw.Netns)
 				}
 			}
-			k.alloc.Release(string(w.uid))
+			k.release(w.uid)
 			if !gone && ctx.Err() == nil {
 				w.deleteObject(ctx)
 			}
@@ -206,9 +207,15 @@ func (w *podWorker) trySetup(ctx context.Context) (podNetwork, error) {
 	if err != nil {
 		return podNetwork{}, err
 	}
+	var ip6 netip.Addr
+	if k.alloc6 != nil {
+		if ip6, err = k.alloc6.Allocate(string(w.uid)); err != nil {
+			return podNetwork{}, err
+		}
+	}
 	netw := podNetwork{
 		NodeNetns: k.cfg.NodeNetns, Netns: PodNetnsName(w.uid), Veth: VethName(w.uid),
-		IP: ip, Gateway: k.alloc.Gateway(),
+		IP: ip, Gateway: k.alloc.Gateway(), IP6: ip6,
 	}
 	if other, ok := k.records.owner(netw.Netns); ok && other != w.uid {
 		// Two UIDs with the same first 8 hex digits: never touch the
@@ -218,10 +225,21 @@ func (w *podWorker) trySetup(ctx context.Context) (podNetwork, error) {
 	// The record goes first: a crash between here and the end leaves
 	// something a restarted kubelet knows to remove.
 	rec := podRecord{UID: w.uid, Namespace: w.ns, Name: w.nm, Netns: netw.Netns, Veth: netw.Veth, IP: ip.String()}
+	if ip6.IsValid() {
+		rec.IP6 = ip6.String()
+	}
 	if err := k.records.save(rec); err != nil {
 		return netw, err
 	}
 	return netw, k.ip.setup(ctx, netw)
+}
+
+// release frees the pod's IPs.
+func (k *Kubelet) release(uid types.UID) {
+	k.alloc.Release(string(uid))
+	if k.alloc6 != nil {
+		k.alloc6.Release(string(uid))
+	}
 }
 
 // restartsBefore carries the restart count over from a previous kubelet
@@ -310,7 +328,7 @@ func (w *podWorker) serve(ctx context.Context, sup *supervisor, netw podNetwork,
 			wasReady = ready
 		}
 		w.syncStatus(ctx, podRuntime{
-			PodIP: netw.IP, HostIP: w.k.HostIP(), Proc: ps, Ready: ready, Started: firstSeen,
+			PodIPs: netw.IPs(), HostIPs: w.k.HostIPs(), Proc: ps, Ready: ready, Started: firstSeen,
 		})
 
 		select {
@@ -413,9 +431,9 @@ func (w *podWorker) teardown(sup *supervisor, netw podNetwork) {
 		w.logf("network teardown failed: %v", err)
 	} else {
 		_ = k.records.remove(netw.Netns)
-		w.logf("network removed (%s, %s, %s released)", netw.Netns, netw.Veth, netw.IP)
+		w.logf("network removed (%s, %s, %s released)", netw.Netns, netw.Veth, netw)
 	}
-	k.alloc.Release(string(w.uid))
+	k.release(w.uid)
 	if !k.nameTaken(w.ns, w.nm, w.uid) {
 		// A same-named successor (new UID) shares the directory.
 		_ = os.RemoveAll(podControlDir(k.cfg.StateDir, w.ns, w.nm))

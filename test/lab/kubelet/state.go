@@ -67,6 +67,7 @@ type podRecord struct {
 	Netns     string    `json:"netns"`
 	Veth      string    `json:"veth"`
 	IP        string    `json:"ip"`
+	IP6       string    `json:"ip6,omitempty"` // on a dual-stack node
 }
 
 type recordStore struct{ dir string }

@@ -13,8 +13,8 @@ import (
 // podRuntime is what the kubelet knows about a pod, the input of
 // buildStatus.
 type podRuntime struct {
-	PodIP   netip.Addr // invalid until the network is set up
-	HostIP  string     // the node's InternalIP, "" until known
+	PodIPs  []netip.Addr // IPv4 first; nil until the network is set up
+	HostIPs []string     // the node's InternalIPs, IPv4 first; nil until known
 	Proc    procState
 	Ready   bool      // the container is ready (process, probe, unready file)
 	Started time.Time // when the kubelet first saw the pod (status.startTime)
@@ -49,16 +49,22 @@ func buildStatus(pod *v1.Pod, rt podRuntime, now time.Time) v1.PodStatus {
 		}
 		st.StartTime = &t
 	}
-	if rt.HostIP != "" {
-		st.HostIP = rt.HostIP
-		st.HostIPs = []v1.HostIP{{IP: rt.HostIP}}
+	if len(rt.HostIPs) > 0 {
+		st.HostIP = rt.HostIPs[0]
+		st.HostIPs = nil
+		for _, ip := range rt.HostIPs {
+			st.HostIPs = append(st.HostIPs, v1.HostIP{IP: ip})
+		}
 	}
-	if rt.PodIP.IsValid() {
-		st.PodIP = rt.PodIP.String()
-		st.PodIPs = []v1.PodIP{{IP: st.PodIP}}
+	netReady := len(rt.PodIPs) > 0
+	if netReady {
+		st.PodIP = rt.PodIPs[0].String()
+		st.PodIPs = nil
+		for _, ip := range rt.PodIPs {
+			st.PodIPs = append(st.PodIPs, v1.PodIP{IP: ip.String()})
+		}
 	}
 
-	netReady := rt.PodIP.IsValid()
 	setCondition(&st, v1.PodScheduled, true, "", "", nowT)
 	setCondition(&st, v1.PodReadyToStartContainers, netReady, "", "", nowT)
 	setCondition(&st, v1.PodInitialized, true, "", "", nowT)
@@ -87,7 +93,7 @@ func containerStatus(pod *v1.Pod, rt podRuntime) v1.ContainerStatus {
 		Started:      &running,
 		RestartCount: rt.Proc.Restarts,
 	}
-	if rt.PodIP.IsValid() {
+	if len(rt.PodIPs) > 0 {
 		cs.ContainerID = "lab://" + PodNetnsName(pod.UID)
 	}
 	if running {

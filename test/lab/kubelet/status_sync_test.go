@@ -56,7 +56,7 @@ func TestSyncStatusWritesOnlyChanges(t *testing.T) {
 			})
 			w := &podWorker{k: &Kubelet{client: client, log: log.New(io.Discard, "", 0)},
 				uid: pod.UID, ns: pod.Namespace, nm: pod.Name, pod: pod}
-			rt := podRuntime{PodIP: netip.MustParseAddr("10.244.1.5"), HostIP: "172.30.0.11",
+			rt := podRuntime{PodIPs: []netip.Addr{netip.MustParseAddr("10.244.1.5")}, HostIPs: []string{"172.30.0.11"},
 				Proc: procState{Running: true, StartedAt: time.Now(), Generation: 1}, Started: time.Now()}
 			ctx := context.Background()
 			for range 5 {

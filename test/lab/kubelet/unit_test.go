@@ -75,6 +75,52 @@ func TestAllocator(t *testing.T) {
 	}
 }
 
+func TestPodCIDRs(t *testing.T) {
+	for _, tc := range []struct {
+		in, v4, v6 string // v4 "" for an error
+	}{
+		{in: "10.244.1.0/24", v4: "10.244.1.0/24"},
+		{in: "10.244.1.0/24,fd00:10:244:1::/64", v4: "10.244.1.0/24", v6: "fd00:10:244:1::/64"},
+		{in: "10.244.1.0/24, fd00:10:244:1::/64", v4: "10.244.1.0/24", v6: "fd00:10:244:1::/64"},
+		{in: "fd00:10:244:1::/64"},
+		{in: "fd00:10:244:1::/64,10.244.1.0/24"},
+		{in: "10.244.1.0/24,10.244.2.0/24"},
+		{in: "10.244.1.0/24,fd00:10:244:1::/64,fd00:10:244:2::/64"},
+		{in: "10.244.1.0/24,"},
+	} {
+		a4, a6, err := newAllocators(tc.in)
+		if tc.v4 == "" {
+			if err == nil {
+				t.Errorf("newAllocators(%q) accepted", tc.in)
+			}
+			continue
+		}
+		if err != nil || a4.Prefix().String() != tc.v4 || (a6 == nil) != (tc.v6 == "") || (a6 != nil && a6.Prefix().String() != tc.v6) {
+			t.Errorf("newAllocators(%q) = %v, %v, %v", tc.in, a4, a6, err)
+		}
+	}
+	a6, err := NewAllocator("fd00:10:244:1::/64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip, err := a6.Allocate("x"); err != nil || ip.String() != "fd00:10:244:1::2" {
+		t.Errorf("first IPv6 pod address %s, %v", ip, err)
+	}
+}
+
+func TestInternalIPs(t *testing.T) {
+	node := &v1.Node{Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+		{Type: v1.NodeHostName, Address: "node1"},
+		{Type: v1.NodeInternalIP, Address: "172.30.0.11"},
+		{Type: v1.NodeExternalIP, Address: "192.0.2.1"},
+		{Type: v1.NodeInternalIP, Address: "172.30.0.99"},
+		{Type: v1.NodeInternalIP, Address: "fd00:172:30::11"},
+	}}}
+	if got := internalIPs(node); !reflect.DeepEqual(got, []string{"172.30.0.11", "fd00:172:30::11"}) {
+		t.Errorf("internalIPs = %v", got)
+	}
+}
+
 func TestAllocatorRejects(t *testing.T) {
 	for _, cidr := range []string{"", "10.0.0.0/31", "10.0.0.0/32", "10.0.0.0/30x"} {
 		if _, err := NewAllocator(cidr); err == nil {
@@ -201,36 +247,53 @@ func condition(st v1.PodStatus, typ v1.PodConditionType) *v1.PodCondition {
 
 func TestBuildStatus(t *testing.T) {
 	t0 := time.Date(2030, 1, 2, 3, 4, 5, 600_000_000, time.UTC)
-	podIP := netip.MustParseAddr("10.244.1.7")
+	podIP := []netip.Addr{netip.MustParseAddr("10.244.1.7")}
+	dual := []netip.Addr{netip.MustParseAddr("10.244.1.7"), netip.MustParseAddr("fd00:10:244:1::7")}
+	host := []string{"172.30.0.11"}
 	running := procState{Running: true, StartedAt: t0, Generation: 1}
 	tests := []struct {
 		name        string
 		rt          podRuntime
 		phase       v1.PodPhase
 		ready       bool
-		podIP       string
-		hostIP      string
+		podIPs      []string // status.podIPs; status.podIP is the first
+		hostIPs     []string
 		stateReason string // "running" or the waiting reason
 		restarts    int32
 	}{
 		{name: "creating", rt: podRuntime{Started: t0, Proc: procState{Waiting: "ContainerCreating"}}, phase: v1.PodPending, stateReason: "ContainerCreating"},
-		{name: "running not ready", rt: podRuntime{PodIP: podIP, HostIP: "172.30.0.11", Proc: running, Started: t0}, phase: v1.PodRunning, podIP: "10.244.1.7", hostIP: "172.30.0.11", stateReason: "running"},
-		{name: "ready", rt: podRuntime{PodIP: podIP, HostIP: "172.30.0.11", Proc: running, Ready: true, Started: t0}, phase: v1.PodRunning, ready: true, podIP: "10.244.1.7", hostIP: "172.30.0.11", stateReason: "running"},
-		{name: "crash loop", rt: podRuntime{PodIP: podIP, Started: t0, Proc: procState{Generation: 2, Restarts: 2, Waiting: "CrashLoopBackOff",
-			LastExit: &exitInfo{Code: 1, StartedAt: t0, FinishedAt: t0.Add(time.Second)}}}, phase: v1.PodRunning, podIP: "10.244.1.7", stateReason: "CrashLoopBackOff", restarts: 2},
+		{name: "running not ready", rt: podRuntime{PodIPs: podIP, HostIPs: host, Proc: running, Started: t0}, phase: v1.PodRunning, podIPs: []string{"10.244.1.7"}, hostIPs: host, stateReason: "running"},
+		{name: "ready", rt: podRuntime{PodIPs: podIP, HostIPs: host, Proc: running, Ready: true, Started: t0}, phase: v1.PodRunning, ready: true, podIPs: []string{"10.244.1.7"}, hostIPs: host, stateReason: "running"},
+		{name: "crash loop", rt: podRuntime{PodIPs: podIP, Started: t0, Proc: procState{Generation: 2, Restarts: 2, Waiting: "CrashLoopBackOff",
+			LastExit: &exitInfo{Code: 1, StartedAt: t0, FinishedAt: t0.Add(time.Second)}}}, phase: v1.PodRunning, podIPs: []string{"10.244.1.7"}, stateReason: "CrashLoopBackOff", restarts: 2},
+		{name: "dual-stack", rt: podRuntime{PodIPs: dual, HostIPs: []string{"172.30.0.11", "fd00:172:30::11"}, Proc: running, Ready: true, Started: t0},
+			phase: v1.PodRunning, ready: true, podIPs: []string{"10.244.1.7", "fd00:10:244:1::7"}, hostIPs: []string{"172.30.0.11", "fd00:172:30::11"}, stateReason: "running"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := testPod()
 			st := buildStatus(pod, tc.rt, t0)
-			if st.Phase != tc.phase || st.PodIP != tc.podIP || st.HostIP != tc.hostIP || podReady(st) != tc.ready {
+			first := func(s []string) string {
+				if len(s) == 0 {
+					return ""
+				}
+				return s[0]
+			}
+			if st.Phase != tc.phase || st.PodIP != first(tc.podIPs) || st.HostIP != first(tc.hostIPs) || podReady(st) != tc.ready {
 				t.Fatalf("phase %s podIP %q hostIP %q ready %v", st.Phase, st.PodIP, st.HostIP, podReady(st))
 			}
-			if tc.podIP != "" && (len(st.PodIPs) != 1 || st.PodIPs[0].IP != tc.podIP) {
-				t.Errorf("podIPs %v", st.PodIPs)
+			var podIPs, hostIPs []string
+			for _, ip := range st.PodIPs {
+				podIPs = append(podIPs, ip.IP)
 			}
-			if tc.hostIP != "" && (len(st.HostIPs) != 1 || st.HostIPs[0].IP != tc.hostIP) {
-				t.Errorf("hostIPs %v", st.HostIPs)
+			for _, ip := range st.HostIPs {
+				hostIPs = append(hostIPs, ip.IP)
+			}
+			if !reflect.DeepEqual(podIPs, tc.podIPs) {
+				t.Errorf("podIPs %v, want %v", podIPs, tc.podIPs)
+			}
+			if !reflect.DeepEqual(hostIPs, tc.hostIPs) {
+				t.Errorf("hostIPs %v, want %v", hostIPs, tc.hostIPs)
 			}
 			if st.QOSClass != v1.PodQOSBestEffort || condition(st, "example.com/gate") == nil {
 				t.Error("fields owned by others were dropped")
@@ -276,7 +339,7 @@ func TestBuildStatus(t *testing.T) {
 func TestBuildStatusTransitionTimes(t *testing.T) {
 	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	pod := testPod()
-	rt := podRuntime{PodIP: netip.MustParseAddr("10.244.1.7"), Proc: procState{Running: true, StartedAt: t0, Generation: 1}, Started: t0}
+	rt := podRuntime{PodIPs: []netip.Addr{netip.MustParseAddr("10.244.1.7")}, Proc: procState{Running: true, StartedAt: t0, Generation: 1}, Started: t0}
 	pod.Status = buildStatus(pod, rt, t0)
 	sched := condition(pod.Status, v1.PodScheduled).LastTransitionTime
 
@@ -321,7 +384,7 @@ func TestContainerArgvAndEnv(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			env := containerEnv(pod, &tc.c, "10.244.1.7", "172.30.0.11")
+			env := containerEnv(pod, &tc.c, []netip.Addr{netip.MustParseAddr("10.244.1.7")}, []string{"172.30.0.11"})
 			if got := containerArgv(&tc.c, "/bin/labecho", env); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("argv %q, want %q", got, tc.want)
 			}
@@ -331,14 +394,19 @@ func TestContainerArgvAndEnv(t *testing.T) {
 		{Name: "A", Value: "x-$(POD_IP)"},
 		{Name: "POD_NAME", Value: "override"},
 		{Name: "HOST", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+		{Name: "HOSTS", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "status.hostIPs"}}},
+		{Name: "IPS", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "status.podIPs"}}},
+		{Name: "IP", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 		{Name: "SECRET", ValueFrom: &v1.EnvVarSource{SecretKeyRef: &v1.SecretKeySelector{Key: "k"}}},
 	}}
 	env := map[string]string{}
-	for _, kv := range containerEnv(pod, &c, "10.244.1.7", "172.30.0.11") {
+	dual := []netip.Addr{netip.MustParseAddr("10.244.1.7"), netip.MustParseAddr("fd00:10:244:1::7")}
+	for _, kv := range containerEnv(pod, &c, dual, []string{"172.30.0.11", "fd00:172:30::11"}) {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v // later entries win, as in exec
 	}
-	want := map[string]string{"POD_NAMESPACE": "ns", "POD_IP": "10.244.1.7", "NODE_NAME": "node1", "A": "x-10.244.1.7", "POD_NAME": "override", "HOST": "172.30.0.11"}
+	want := map[string]string{"POD_NAMESPACE": "ns", "POD_IP": "10.244.1.7", "NODE_NAME": "node1", "A": "x-10.244.1.7", "POD_NAME": "override", "HOST": "172.30.0.11",
+		"HOSTS": "172.30.0.11,fd00:172:30::11", "IPS": "10.244.1.7,fd00:10:244:1::7", "IP": "10.244.1.7"}
 	for k, v := range want {
 		if env[k] != v {
 			t.Errorf("env %s=%q, want %q", k, env[k], v)

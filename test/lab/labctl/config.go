@@ -15,6 +15,19 @@ import (
 )
 
 // Fixed addressing inside the VM. None of these addresses leaves the VM.
+//
+// The lab is dual-stack, IPv4 first everywhere (the primary family). The
+// IPv6 addresses are unique-local (fd00::/8, RFC 4193) and mirror the IPv4
+// ones:
+//
+//	                 IPv4                 IPv6
+//	node network     172.30.0.0/24        fd00:172:30::/64
+//	bridge (VM)      172.30.0.1           fd00:172:30::1
+//	node N           172.30.0.1N          fd00:172:30::1N
+//	cluster CIDR     10.244.0.0/16        fd00:10:244::/56
+//	node N's pods    10.244.N.0/24        fd00:10:244:N::/64
+//	pod gateway      10.244.N.1           fe80::1 (link-local, on every pod veth)
+//	Services         10.96.0.0/16         fd00:10:96::/112
 const (
 	APIServerGuestAddr = "10.0.2.100" // qemu guestfwd to the host's API server
 	GuestAddr          = "10.0.2.15"
@@ -22,9 +35,17 @@ const (
 	NodeNet            = "172.30.0.0/24"
 	ClusterCIDR        = "10.244.0.0/16"
 	ServiceCIDR        = "10.96.0.0/16"
-	guestAgentPort     = 7000
-	guestBinDir        = "/run/lab/bin"
-	guestStateDir      = "/run/lab"
+	BridgeAddr6        = "fd00:172:30::1"
+	NodeNet6           = "fd00:172:30::/64"
+	ClusterCIDR6       = "fd00:10:244::/56"
+	ServiceCIDR6       = "fd00:10:96::/112"
+	// ClusterCIDRs and ServiceCIDRs are the flag values (kube-proxy's
+	// --cluster-cidr, kube-apiserver's --service-cluster-ip-range).
+	ClusterCIDRs   = ClusterCIDR + "," + ClusterCIDR6
+	ServiceCIDRs   = ServiceCIDR + "," + ServiceCIDR6
+	guestAgentPort = 7000
+	guestBinDir    = "/run/lab/bin"
+	guestStateDir  = "/run/lab"
 )
 
 // Config is the lab's configuration, saved in the state dir by `lab up` so
@@ -169,10 +190,26 @@ func NodeName(i int) string { return fmt.Sprintf("node%d", i) }
 // NodeAddr is node i's address on the VM bridge.
 func NodeAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{172, 30, 0, byte(10 + i)}) }
 
+// NodeAddr6 is node i's IPv6 address on the VM bridge, fd00:172:30::1i.
+func NodeAddr6(i int) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("fd00:172:30::%d", 10+i))
+}
+
 // PodCIDR of node i.
 func PodCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
 }
+
+// PodCIDR6 is node i's IPv6 pod CIDR, fd00:10:244:i::/64.
+func PodCIDR6(i int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%d::/64", i))
+}
+
+// NodeAddrs are node i's addresses, IPv4 first.
+func NodeAddrs(i int) []netip.Addr { return []netip.Addr{NodeAddr(i), NodeAddr6(i)} }
+
+// PodCIDRs are node i's pod CIDRs, IPv4 first (the Node's spec.podCIDRs).
+func PodCIDRs(i int) []netip.Prefix { return []netip.Prefix{PodCIDR(i), PodCIDR6(i)} }
 
 // NodeNames lists the lab's nodes.
 func (c Config) NodeNames() []string {

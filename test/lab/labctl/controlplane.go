@@ -114,7 +114,9 @@ func (c Config) startAPIServer() error {
 		// default/kubernetes Service points there.
 		"--advertise-address=" + APIServerGuestAddr,
 		"--cert-dir=" + c.path("pki"),
-		"--service-cluster-ip-range=" + ServiceCIDR,
+		// Dual-stack, IPv4 first: Services are IPv4 unless they ask for
+		// IPv6 (ipFamilies, ipFamilyPolicy).
+		"--service-cluster-ip-range=" + ServiceCIDRs,
 		"--authorization-mode=RBAC",
 		"--token-auth-file=" + c.path("pki", "tokens.csv"),
 		"--service-account-issuer=https://kubernetes.default.svc",
@@ -170,8 +172,8 @@ func (c Config) Client() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// registerNodes creates a Node object per lab node with its InternalIP and
-// pod CIDR, marked Ready.
+// registerNodes creates a Node object per lab node with its InternalIPs and
+// pod CIDRs (IPv4, then IPv6), marked Ready.
 func (c Config) registerNodes(ctx context.Context, cs kubernetes.Interface) error {
 	for i := 1; i <= c.Nodes; i++ {
 		name := NodeName(i)
@@ -180,7 +182,7 @@ func (c Config) registerNodes(ctx context.Context, cs kubernetes.Interface) erro
 				"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
 				"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+(i-1)%2),
 			}},
-			Spec: v1.NodeSpec{PodCIDR: PodCIDR(i).String(), PodCIDRs: []string{PodCIDR(i).String()}},
+			Spec: v1.NodeSpec{PodCIDR: PodCIDR(i).String(), PodCIDRs: []string{PodCIDR(i).String(), PodCIDR6(i).String()}},
 		}
 		created, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
@@ -192,6 +194,7 @@ func (c Config) registerNodes(ctx context.Context, cs kubernetes.Interface) erro
 		now := metav1.Now()
 		created.Status.Addresses = []v1.NodeAddress{
 			{Type: v1.NodeInternalIP, Address: NodeAddr(i).String()},
+			{Type: v1.NodeInternalIP, Address: NodeAddr6(i).String()},
 			{Type: v1.NodeHostName, Address: name},
 		}
 		created.Status.Conditions = []v1.NodeCondition{{

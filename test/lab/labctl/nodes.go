@@ -47,7 +47,7 @@ func (c Config) proxyArgv(node string) []string {
 		argv = []string{guestBinDir + "/kube-ipvs-proxy"}
 	}
 	argv = append(argv, "--kubeconfig="+kubeconfig, "--hostname-override="+node,
-		"--cluster-cidr="+ClusterCIDR, "--v=2")
+		"--cluster-cidr="+ClusterCIDRs, "--v=2")
 	return append(argv, c.ProxyArgs...)
 }
 
@@ -71,7 +71,7 @@ func (c Config) startKubelet(ctx context.Context, i int) error {
 	_, err := c.Agent().StartDaemon(ctx, agent.DaemonSpec{Name: kubeletDaemon(node), Argv: []string{
 		guestBinDir + "/labkubelet", "run", "--node=" + node,
 		"--kubeconfig=" + guestStateDir + "/" + node + ".kubeconfig",
-		"--pod-cidr=" + PodCIDR(i).String(), "--node-netns=" + node,
+		"--pod-cidr=" + PodCIDR(i).String() + "," + PodCIDR6(i).String(), "--node-netns=" + node,
 		"--echo-binary=" + guestBinDir + "/labecho", "--state-dir=" + guestStateDir,
 	}})
 	return err

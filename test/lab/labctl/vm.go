@@ -100,23 +100,37 @@ func (c Config) putFile(ctx context.Context, hostPath, guestPath string, mode os
 
 // setupNetwork builds the node network in the VM: a bridge, one namespace
 // per node on it, routes between the nodes' pod CIDRs, and masquerading of
-// the nodes' traffic to the API server through the VM's uplink.
+// the nodes' traffic to the API server through the VM's uplink. Dual-stack:
+// the same for IPv6 (see the addressing in config.go), without a default
+// route (nothing outside the VM is reachable over IPv6).
+//
+// Duplicate address detection is off in the node namespaces (and the
+// bridge's address is added nodad): the addresses are unique by
+// construction, and DAD would keep each one tentative, unusable, for a
+// second or more after it is added. The namespace's default applies to
+// every interface created in it afterwards: its eth0 here and the node
+// side of each pod veth (the lab kubelet's).
 func (c Config) setupNetwork(ctx context.Context) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "ip link add labbr0 type bridge\nip addr add %s/24 dev labbr0\nip link set labbr0 up\n", BridgeAddr)
+	fmt.Fprintf(&b, "ip link add labbr0 type bridge mcast_snooping 0\nip addr add %s/24 dev labbr0\n", BridgeAddr)
+	fmt.Fprintf(&b, "ip addr add %s/64 dev labbr0 nodad\nip link set labbr0 up\n", BridgeAddr6)
 	fmt.Fprintf(&b, "iptables -t nat -A POSTROUTING -s %s -o eth0 -j MASQUERADE\n", NodeNet)
 	for i := 1; i <= c.Nodes; i++ {
 		n := NodeName(i)
 		fmt.Fprintf(&b, "ip netns add %s\n", n)
+		fmt.Fprintf(&b, "ip netns exec %s sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0\n", n)
 		fmt.Fprintf(&b, "ip link add v%s type veth peer name eth0 netns %s\n", n, n)
 		fmt.Fprintf(&b, "ip link set v%s master labbr0 up\n", n)
-		fmt.Fprintf(&b, "ip -n %s link set lo up\nip -n %s addr add %s/24 dev eth0\nip -n %s link set eth0 up\n", n, n, NodeAddr(i), n)
+		fmt.Fprintf(&b, "ip -n %s link set lo up\nip -n %s addr add %s/24 dev eth0\n", n, n, NodeAddr(i))
+		fmt.Fprintf(&b, "ip -n %s addr add %s/64 dev eth0 nodad\nip -n %s link set eth0 up\n", n, NodeAddr6(i), n)
 		fmt.Fprintf(&b, "ip -n %s route add default via %s\n", n, BridgeAddr)
-		fmt.Fprintf(&b, "ip netns exec %s sysctl -qw net.ipv4.ip_forward=1\n", n)
+		fmt.Fprintf(&b, "ip netns exec %s sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1\n", n)
 		fmt.Fprintf(&b, "ip route add %s via %s\n", PodCIDR(i), NodeAddr(i))
+		fmt.Fprintf(&b, "ip route add %s via %s\n", PodCIDR6(i), NodeAddr6(i))
 		for j := 1; j <= c.Nodes; j++ {
 			if j != i {
 				fmt.Fprintf(&b, "ip -n %s route add %s via %s\n", n, PodCIDR(j), NodeAddr(j))
+				fmt.Fprintf(&b, "ip -n %s route add %s via %s\n", n, PodCIDR6(j), NodeAddr6(j))
 			}
 		}
 	}
