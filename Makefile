@@ -25,7 +25,6 @@ lab-bins: build
 
 # The demo: bring the lab up, deploy a sample app, show IPVS and answers.
 lab: lab-deps lab-tools lab-bins
-	@$(BIN)/lab up
 	@$(BIN)/lab demo
 
 lab-down:

@@ -20,7 +20,7 @@ const usage = `usage: lab COMMAND
   up                       bring the lab up (idempotent); PROXY=upstream|ours, PROXY_ARGS, LAB_NODES
   down                     stop everything and remove the lab's state
   status                   what runs where
-  demo                     deploy the sample app and show IPVS tables and answers
+  demo                     bring the lab up if needed, deploy the sample app, show IPVS tables and answers
   kubectl ARGS...          kubectl against the lab's API server
   exec TARGET -- CMD...    run CMD in TARGET: vm, nodeN or pod/NAMESPACE/NAME
   proxy NODE ACTION        restart|stop|start|kill|logs the proxy on NODE
@@ -71,6 +71,26 @@ func run(ctx context.Context, cmd string, args []string) (int, error) {
 		}
 		defer unlock()
 		return 0, labctl.Down(ctx, c, os.Stdout)
+	case "demo":
+		// Up (if needed) and the demo under one lock, so that no other lab
+		// run takes the lab down in between.
+		c, err := labctl.DefaultConfig()
+		if err != nil {
+			return 1, err
+		}
+		unlock, err := c.Lock(ctx, os.Stdout)
+		if err != nil {
+			return 1, err
+		}
+		defer unlock()
+		if err := labctl.Up(ctx, c, os.Stdout); err != nil {
+			return 1, err
+		}
+		cur, err := labctl.Load()
+		if err != nil {
+			return 1, err
+		}
+		return 0, labctl.Demo(ctx, cur, os.Stdout)
 	case "pipe":
 		if len(args) != 1 {
 			return 2, fmt.Errorf("usage: lab pipe HOST:PORT")
@@ -84,8 +104,6 @@ func run(ctx context.Context, cmd string, args []string) (int, error) {
 	switch cmd {
 	case "status":
 		return 0, c.Status(ctx, os.Stdout)
-	case "demo":
-		return 0, labctl.Demo(ctx, c, os.Stdout)
 	case "kubectl":
 		k := exec.CommandContext(ctx, c.KubectlPath(), append([]string{"--kubeconfig=" + c.Kubeconfig()}, args...)...)
 		k.Stdin, k.Stdout, k.Stderr = os.Stdin, os.Stdout, os.Stderr
