@@ -351,10 +351,13 @@ func (b *familyBuilder) denyFromNode(e Entry) {
 		return
 	}
 	b.outFilterSeen[e] = true
-	// As iptables prints it: host prefixes, numeric protocol.
+	// As iptables prints it, so that the applier finds the chain unchanged
+	// on the next sync: "-s" with its host prefix, numeric protocol, and
+	// --vaddr without one (libxt_ipvs prints the mask with
+	// xtables_ipmask_to_numeric, which leaves out /32 and /128).
 	host := netip.PrefixFrom(e.IP, e.IP.BitLen()).String()
 	b.outFilter = append(b.outFilter, Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)),
-		"--vaddr", host, "--vport", fmt.Sprint(e.Port), "-j", "DROP"})
+		"--vaddr", e.IP.String(), "--vport", fmt.Sprint(e.Port), "-j", "DROP"})
 }
 
 func (b *familyBuilder) nodePort(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
