@@ -201,6 +201,13 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	// From the change in the API (the EndpointSlice controller's trigger
+	// time) to the kernel programmed, as upstream measures it.
+	for _, t := range snap.TriggerTimes {
+		for _, f := range p.cfg.Families {
+			metrics.NetworkProgrammingLatency.WithLabelValues(string(v1IPFamily(f))).Observe(metrics.SinceInSeconds(t))
+		}
+	}
 	for _, f := range p.cfg.Families {
 		metrics.SyncProxyRulesLastTimestamp.WithLabelValues(string(v1IPFamily(f))).SetToCurrentTime()
 		if p.health != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -48,6 +49,10 @@ type Cache struct {
 	sliceOwner map[string]ServiceKey
 	node       Node
 	callbacks  []func()
+	// triggers holds, per Service, the oldest EndpointSlice
+	// last-change-trigger-time seen since the last Snapshot: the start of
+	// kubeproxy_network_programming_duration_seconds.
+	triggers map[ServiceKey]time.Time
 
 	changes  chan struct{}
 	started  atomic.Bool
@@ -306,6 +311,14 @@ func (c *Cache) onSlice(obj any, deleted bool) {
 	}
 	if hasOwner {
 		c.dirty[owner] = struct{}{}
+		if t, ok := triggerTime(slice); ok && !deleted {
+			if c.triggers == nil {
+				c.triggers = map[ServiceKey]time.Time{}
+			}
+			if old, seen := c.triggers[owner]; !seen || t.Before(old) {
+				c.triggers[owner] = t
+			}
+		}
 	}
 	if hasOwner && !deleted {
 		c.sliceOwner[key] = owner
@@ -370,6 +383,8 @@ func (c *Cache) Snapshot() *Snapshot {
 	dirty := c.dirty
 	c.dirty = make(map[ServiceKey]struct{}, len(dirty))
 	node := c.node
+	triggers := c.triggers
+	c.triggers = nil
 	c.mu.Unlock()
 
 	var changed, retry []ServiceKey
@@ -398,6 +413,14 @@ func (c *Cache) Snapshot() *Snapshot {
 	slices.SortFunc(changed, compareKey)
 
 	snap := &Snapshot{Node: node, Changed: changed}
+	for _, k := range changed {
+		if t, ok := triggers[k]; ok {
+			if snap.TriggerTimes == nil {
+				snap.TriggerTimes = map[ServiceKey]time.Time{}
+			}
+			snap.TriggerTimes[k] = t
+		}
+	}
 	var prev []*Service
 	if c.last != nil {
 		prev = c.last.Services
@@ -538,4 +561,21 @@ func (c *Cache) NodeObject() *v1.Node {
 		return nil
 	}
 	return n
+}
+
+// triggerTime reads the EndpointSlice controller's
+// endpoints.kubernetes.io/last-change-trigger-time annotation.
+func triggerTime(slice *discovery.EndpointSlice) (time.Time, bool) {
+	if slice == nil {
+		return time.Time{}, false
+	}
+	v, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
 }

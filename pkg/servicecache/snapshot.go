@@ -5,6 +5,7 @@ package servicecache
 import (
 	"net/netip"
 	"sort"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -100,6 +101,10 @@ type Snapshot struct {
 	// Changed lists the Services (present or deleted) that differ from the
 	// previous snapshot, sorted.
 	Changed []ServiceKey
+	// TriggerTimes holds, for changed Services, when the change that led
+	// here happened (the EndpointSlices' last-change-trigger-time), for
+	// the network programming latency metric. Nil when none is known.
+	TriggerTimes map[ServiceKey]time.Time
 }
 
 // Service returns the Service with the given key, or nil.

@@ -160,6 +160,12 @@ func TestScaleUpAndDown(t *testing.T) {
 	}
 	scale(4)
 	scale(1)
+	// Those endpoint changes were measured from the API to the kernel.
+	for _, n := range lab.NodeNames() {
+		if m := nodeOutput(t, n, "curl", "-sf", "-m", "5", "http://127.0.0.1:10249/metrics"); !strings.Contains(m, "kubeproxy_network_programming_duration_seconds_bucket") {
+			t.Fatalf("%s: /metrics has no kubeproxy_network_programming_duration_seconds after endpoint changes", n)
+		}
+	}
 }
 
 // Deleting a Service removes its virtual servers, its ipset entries and its
