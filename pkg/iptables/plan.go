@@ -17,6 +17,12 @@ type Config struct {
 	// family is used (the first); without one, upstream's fallback applies
 	// (masquerade node-originated traffic whose source is a service IP).
 	ClusterCIDRs []netip.Prefix
+	// NotLocal, when set for a family, are the iptables match arguments
+	// for traffic that does NOT come from this cluster's pods (upstream's
+	// --detect-local-mode: "! -s CIDR" for ClusterCIDR and NodeCIDR,
+	// "! -i BRIDGE" for BridgeInterface, "! -i PREFIX+" for
+	// InterfaceNamePrefix). It replaces the ClusterCIDRs rule.
+	NotLocal map[Family][]string
 	// MasqueradeAll masquerades all traffic to cluster IPs.
 	MasqueradeAll bool
 	// MasqueradeMark is the fwmark bit for "needs SNAT"; 0 means

@@ -36,6 +36,14 @@ func TestPlanGolden(t *testing.T) {
 			Config{Families: []Family{IPv4}, MasqueradeAll: true, MasqueradeMark: 1 << 15, ClusterCIDRs: pfxs("10.244.0.0/16")},
 		},
 		{
+			// --detect-local-mode=BridgeInterface: off-bridge traffic to a
+			// cluster IP is masqueraded, whatever the pod CIDR.
+			"detect-local-bridge",
+			singleService(&servicecache.Service{Key: svcKey("a"), ClusterIPs: ips("10.96.0.1"),
+				Ports: []servicecache.ServicePort{{Name: "p", Protocol: v1.ProtocolTCP, Port: 443}}}),
+			Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), NotLocal: map[Family][]string{IPv4: {"!", "-i", "cbr0"}}},
+		},
+		{
 			// Without a pod CIDR, upstream masquerades VIP-sourced traffic.
 			"no-cluster-cidr",
 			singleService(&servicecache.Service{Key: svcKey("a"), ClusterIPs: ips("10.96.0.1", "fd00:96::1"),

@@ -53,6 +53,10 @@ func (b *familyBuilder) chains() []Chain {
 		switch {
 		case b.cfg.MasqueradeAll:
 			r = concat(comment(setClusterIP), matchSet(setClusterIP, "dst,dst"))
+		case len(b.cfg.NotLocal[b.f]) > 0:
+			// Same rule as below with another local-traffic detector;
+			// iptables prints the -s/-i match first, as given.
+			r = concat(b.cfg.NotLocal[b.f], comment(setClusterIP), matchSet(setClusterIP, "dst,dst"))
 		case b.clusterCIDR.IsValid():
 			// Masquerade off-cluster traffic to a service VIP: it may be
 			// bounced to another node. iptables prints "! -s" first.

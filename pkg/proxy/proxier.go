@@ -41,6 +41,9 @@ type Config struct {
 	ExcludeCIDRs []netip.Prefix
 	// LocalFallbackToCluster is --external-traffic-local-fallback.
 	LocalFallbackToCluster bool
+	// NotLocal gives the --detect-local-mode matches for the node (nil:
+	// ClusterCIDR mode).
+	NotLocal func(node servicecache.Node) map[iptables.Family][]string
 }
 
 // ServiceHealth serves the healthCheckNodePorts of externalTrafficPolicy:
@@ -173,6 +176,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		Families:          p.cfg.Families,
 		ClusterCIDRs:      p.cfg.ClusterCIDRs,
 		MasqueradeAll:     p.cfg.MasqueradeAll,
+		NotLocal:          p.notLocal(snap.Node),
 		NodePortAddresses: p.cfg.NodePortCIDRs,
 		LocalAddresses:    local,
 		NodeIPs:           primaryIPs(snap.Node.Addresses),
@@ -253,6 +257,13 @@ func (p *Proxier) logIPVSProblems(probs []ipvs.Problem) {
 		klog.InfoS("Service programmed with a workaround", "service", pr.Service, "problem", pr.Message)
 	}
 	p.ipvsProbs = probs
+}
+
+func (p *Proxier) notLocal(node servicecache.Node) map[iptables.Family][]string {
+	if p.cfg.NotLocal == nil {
+		return nil
+	}
+	return p.cfg.NotLocal(node)
 }
 
 func v1IPFamily(f iptables.Family) v1.IPFamily {

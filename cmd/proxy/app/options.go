@@ -71,6 +71,13 @@ type Options struct {
 	// endpoint, use the cluster's endpoints (upstream IPVS mode) instead of
 	// refusing (upstream iptables/nftables modes, our default).
 	ExternalLocalFallback bool
+	// DetectLocalMode is --detect-local-mode: how traffic from local pods
+	// is told apart (ClusterCIDR, NodeCIDR, BridgeInterface,
+	// InterfaceNamePrefix), with --pod-bridge-interface and
+	// --pod-interface-name-prefix.
+	DetectLocalMode        string
+	PodBridgeInterface     string
+	PodInterfaceNamePrefix string
 
 	// NodePortAddresses is --nodeport-addresses: CIDRs and the keywords
 	// "primary", "all" and "localhost", as kube-proxy. Empty means all of
@@ -147,6 +154,13 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"How long a removed TCP real server may drain (weight 0) while it still has connections before it is deleted. 0 deletes at once.")
 	fs.BoolVar(&o.ExternalLocalFallback, "external-traffic-local-fallback", o.ExternalLocalFallback,
 		"For externalTrafficPolicy: Local Services on a node without a local endpoint, send external traffic to the cluster's endpoints (upstream IPVS mode) instead of refusing it (upstream iptables and nftables modes, the default).")
+
+	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", o.DetectLocalMode,
+		"Mode to use to detect local traffic: ClusterCIDR (the default), NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
+	fs.StringVar(&o.PodBridgeInterface, "pod-bridge-interface", o.PodBridgeInterface,
+		"A bridge interface name. When --detect-local-mode is BridgeInterface, traffic from this bridge counts as local.")
+	fs.StringVar(&o.PodInterfaceNamePrefix, "pod-interface-name-prefix", o.PodInterfaceNamePrefix,
+		"An interface name prefix. When --detect-local-mode is InterfaceNamePrefix, traffic from interfaces with this prefix counts as local.")
 
 	fs.StringSliceVar(&o.NodePortAddresses, "nodeport-addresses", o.NodePortAddresses,
 		"A list of CIDR ranges and/or the keywords 'primary' (the Node object's primary IPv4 and/or IPv6 addresses), 'all' (0.0.0.0/0 and ::/0) and 'localhost' (127.0.0.0/8 and ::1/128). NodePort services are only accessible on node IPs covered by the list. If unset, all of the node's IPs are used.")

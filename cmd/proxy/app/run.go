@@ -121,6 +121,7 @@ func Run(ctx context.Context, o *Options) error {
 		},
 		ExcludeCIDRs:           excludeCIDRs,
 		LocalFallbackToCluster: o.ExternalLocalFallback,
+		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,
 		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New()})
 	go drain(ctx, applier)

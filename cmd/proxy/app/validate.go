@@ -36,6 +36,20 @@ func (o *Options) Validate() error {
 		}
 	}
 
+	switch o.DetectLocalMode {
+	case "", DetectLocalClusterCIDR, DetectLocalNodeCIDR:
+	case DetectLocalBridgeInterface:
+		if strings.TrimSpace(o.PodBridgeInterface) == "" {
+			add(errors.New("--detect-local-mode=BridgeInterface needs --pod-bridge-interface"))
+		}
+	case DetectLocalInterfaceNamePrefix:
+		if strings.TrimSpace(o.PodInterfaceNamePrefix) == "" {
+			add(errors.New("--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix"))
+		}
+	default:
+		add(fmt.Errorf("--detect-local-mode: unknown mode %q, want ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix", o.DetectLocalMode))
+	}
+
 	if o.IPVSSyncPeriod <= 0 {
 		add(fmt.Errorf("--ipvs-sync-period: must be greater than 0, got %s", o.IPVSSyncPeriod))
 	}
