@@ -123,6 +123,8 @@ func (c Config) startAPIServer() error {
 		"--service-account-key-file=" + c.path("pki", "sa.pub"),
 		"--service-account-signing-key-file=" + c.path("pki", "sa.key"),
 		"--profiling=false",
+		// Proxies run privileged, as kube-proxy does (the DaemonSet manifest).
+		"--allow-privileged=true",
 	})
 }
 
