@@ -233,28 +233,36 @@ func clusterCIDR(f v1.IPFamily) string {
 	return labctl.ClusterCIDR
 }
 
-// requireNATRule checks that a node's NAT table of the family
-// (iptables-save or ip6tables-save) has a rule in chain with every fragment.
-func requireNATRule(t *testing.T, node string, f v1.IPFamily, chain string, fragments ...string) {
+// waitNATRule waits until a node's NAT table of the family (iptables-save
+// or ip6tables-save) has a rule in chain with every fragment. (Upstream
+// writes its iptables rules after the ipset entries they match, in the same
+// sync: a rule can lag the entry the test waited for.)
+func waitNATRule(t *testing.T, node string, f v1.IPFamily, chain string, fragments ...string) {
 	t.Helper()
 	cmd := "iptables-save"
 	if f == v1.IPv6Protocol {
 		cmd = "ip6tables-save"
 	}
-	out := nodeOutput(t, node, cmd, "-t", "nat")
-	for _, l := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(l, "-A "+chain+" ") {
-			continue
+	deadline := time.Now().Add(propagateTimeout)
+	for {
+		out := nodeOutput(t, node, cmd, "-t", "nat")
+		for _, l := range strings.Split(out, "\n") {
+			if !strings.HasPrefix(l, "-A "+chain+" ") {
+				continue
+			}
+			all := true
+			for _, frag := range fragments {
+				all = all && strings.Contains(l, frag)
+			}
+			if all {
+				return
+			}
 		}
-		all := true
-		for _, frag := range fragments {
-			all = all && strings.Contains(l, frag)
+		if time.Now().After(deadline) {
+			t.Fatalf("step: %s: %s -t nat has no rule in %s with %q after %s:\n%s", node, cmd, chain, fragments, propagateTimeout, out)
 		}
-		if all {
-			return
-		}
+		time.Sleep(time.Second)
 	}
-	t.Fatalf("step: %s: %s -t nat has no rule in %s with %q:\n%s", node, cmd, chain, fragments, out)
 }
 
 // requireClusterIPServes checks one cluster IP end to end: every node's
@@ -273,8 +281,8 @@ func (a *familyApp) requireClusterIPServes(t *testing.T, f v1.IPFamily) {
 	bits := cip.BitLen()
 	set := ipsetName(f, "KUBE-CLUSTER-IP")
 	for _, n := range lab.NodeNames() {
-		requireNATRule(t, n, f, "KUBE-SERVICES", "--match-set "+set+" dst,dst", "-j KUBE-MARK-MASQ", "! -s "+clusterCIDR(f))
-		requireNATRule(t, n, f, "KUBE-POSTROUTING", "--match-set "+ipsetName(f, "KUBE-LOOP-BACK")+" dst,dst,src", "-j MASQUERADE")
+		waitNATRule(t, n, f, "KUBE-SERVICES", "--match-set "+set+" dst,dst", "-j KUBE-MARK-MASQ", "! -s "+clusterCIDR(f))
+		waitNATRule(t, n, f, "KUBE-POSTROUTING", "--match-set "+ipsetName(f, "KUBE-LOOP-BACK")+" dst,dst,src", "-j MASQUERADE")
 		var want []string
 		for _, flag := range []string{"-t", "-u"} {
 			want = append(want, fmt.Sprintf("-A %s %s -s rr", flag, vip))
@@ -377,7 +385,7 @@ func TestDualStackNodePortOnIPv6(t *testing.T) {
 			}
 			set := ipsetName(v1.IPv6Protocol, "KUBE-NODE-PORT-"+string(proto))
 			waitLines(t, n, "ipset list "+set, []string{"ipset", "list", set}, []string{fmt.Sprint(app.nodePort(proto))}, false)
-			requireNATRule(t, n, v1.IPv6Protocol, "KUBE-NODE-PORT", "--match-set "+set+" dst", "-j KUBE-MARK-MASQ")
+			waitNATRule(t, n, v1.IPv6Protocol, "KUBE-NODE-PORT", "--match-set "+set+" dst", "-j KUBE-MARK-MASQ")
 		}
 	}
 	for _, from := range lab.NodeNames() {
