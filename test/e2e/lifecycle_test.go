@@ -538,7 +538,7 @@ func TestSessionAffinityClientIP(t *testing.T) {
 func TestTerminatingEndpointsAndGracefulTermination(t *testing.T) {
 	const (
 		grace       = 60 // s, the pods' grace period: they serve that long after deletion
-		holdSeconds = 40 // s, each long-lived connection (less than our 60 s drain bound)
+		holdSeconds = 50 // s, each long-lived connection: less than the grace period and than our 60 s drain bound
 		node        = "node1"
 	)
 	app := lcNewApp(t, "e2e-graceful", 3, grace, nil)
@@ -554,6 +554,7 @@ func TestTerminatingEndpointsAndGracefulTermination(t *testing.T) {
 		err error
 	}
 	holds := make(chan holdResult, len(app.pods))
+	holdStart := time.Now()
 	for range app.pods {
 		go func() {
 			out, err := lab.Output(ctx, node, echoBin, "client", "--proto", "tcp", "--addr", vip,
@@ -644,12 +645,14 @@ func TestTerminatingEndpointsAndGracefulTermination(t *testing.T) {
 			requireAnsweredBy(t, fmt.Sprintf("step: new %s connections from %s while %s terminates", proto, n, goneName), answers, remainingNames)
 		}
 	}
+	if len(holds) > 0 {
+		t.Fatalf("step: a long-lived connection ended early (%.0fs after it started, before the checks of its pod's termination were done; it should last %d s)",
+			time.Since(holdStart).Seconds(), holdSeconds)
+	}
 	if c := lcConns(t, node, "-t", vip)[goneIP]; c.weight != 0 || c.active < 1 {
 		t.Fatalf("step: %s: the terminating pod's real server should be at weight 0 with its connection active: %+v", node, c)
 	}
-	if len(holds) > 0 {
-		t.Fatalf("step: a long-lived connection ended before its %d s", holdSeconds)
-	}
+	t.Logf("checks while %s terminates done %.0fs after the long-lived connections started", goneName, time.Since(holdStart).Seconds())
 
 	// Step 4: every long-lived connection lasted its full time, the one
 	// to the terminating pod included.
@@ -1217,7 +1220,18 @@ func TestCleanupFlag(t *testing.T) {
 	argv := []string{lab.ProxyBinaryInVM(), "--cleanup", "--v=2"}
 	code, err := lab.Exec(ctx, node, argv, &out, &out)
 	t.Logf("%s: %q exited %d:\n%s", node, argv, code, out.String())
-	if err != nil || code != 0 {
+	// Upstream's --cleanup runs the iptables mode's cleanup before the
+	// IPVS mode's (cmd/kube-proxy/app/server_linux.go, platformCleanup):
+	// the former tries to delete KUBE-MARK-MASQ and KUBE-PROXY-FIREWALL
+	// while the IPVS mode's rules still jump to them, fails with EBUSY
+	// and makes the command exit 1 ("encountered an error while tearing
+	// down rules"), although the IPVS cleanup that follows removes them.
+	// The state checked below is what counts. Ours exits 0.
+	upstreamBusy := lab.Proxy == "upstream" && code == 1 && err == nil &&
+		strings.Contains(out.String(), "CHAIN_DEL failed (Device or resource busy)")
+	if upstreamBusy {
+		t.Logf("%s: upstream's cleanup exited 1 on chains still in use by its IPVS mode's rules (see above)", node)
+	} else if err != nil || code != 0 {
 		t.Fatalf("step: %q on %s: exit %d, err %v:\n%s", argv, node, code, err, out.String())
 	}
 
