@@ -1325,9 +1325,11 @@ func TestCleanupFlag(t *testing.T) {
 		}
 		return true, ""
 	})
-	requireRule(t, node, "nat", "KUBE-SERVICES", "--match-set KUBE-CLUSTER-IP dst,dst", "-j KUBE-MARK-MASQ", "! -s "+labctl.ClusterCIDR)
-	requireRule(t, node, "nat", "KUBE-POSTROUTING", "-j MASQUERADE")
-	requireRule(t, node, "nat", "PREROUTING", "-j KUBE-SERVICES")
+	// The rules may come after the ipset entries (upstream writes them
+	// last): wait for them.
+	lcWaitRule(t, node, "nat", "KUBE-SERVICES", "--match-set KUBE-CLUSTER-IP dst,dst", "-j KUBE-MARK-MASQ", "! -s "+labctl.ClusterCIDR)
+	lcWaitRule(t, node, "nat", "KUBE-POSTROUTING", "-j MASQUERADE")
+	lcWaitRule(t, node, "nat", "PREROUTING", "-j KUBE-SERVICES")
 	for _, proto := range []string{"tcp", "udp"} {
 		requireAnsweredBy(t, "step: "+node+" "+proto+" -> ClusterIP after the cleanup and restart", request(t, node, proto, vip, 3*len(app.pods)), app.podNames())
 	}
@@ -1337,6 +1339,28 @@ func TestCleanupFlag(t *testing.T) {
 		requireLines(t, node+": ipvsadm -Sn after the restart (the foreign virtual server stays)", nodeOutput(t, node, "ipvsadm", "-Sn"), foreignVS, false)
 	}
 	requireLines(t, node+": ipset list FOREIGN-SET after the restart", nodeOutput(t, node, "ipset", "list", "FOREIGN-SET"), []string{"192.0.2.62"}, false)
+}
+
+// lcWaitRule waits until `iptables-save -t TABLE` on a node has a rule in
+// chain that contains every fragment (requireRule, polled).
+func lcWaitRule(t *testing.T, node, table, chain string, fragments ...string) {
+	t.Helper()
+	lcEventually(t, fmt.Sprintf("%s: a rule in %s (%s) with %q", node, chain, table, fragments), propagateTimeout, func() (bool, string) {
+		out := nodeOutput(t, node, "iptables-save", "-t", table)
+		for _, l := range strings.Split(out, "\n") {
+			if !strings.HasPrefix(l, "-A "+chain+" ") {
+				continue
+			}
+			all := true
+			for _, f := range fragments {
+				all = all && strings.Contains(l, f)
+			}
+			if all {
+				return true, ""
+			}
+		}
+		return false, "iptables-save -t " + table + ":\n" + out
+	})
 }
 
 // lcKubeSets lists a node's KUBE-* ipsets.
