@@ -37,8 +37,16 @@ func ValidScheduler(name string) bool { return slices.Contains(schedulers, name)
 // may record it as an Event on the Service.
 type Problem struct {
 	Service servicecache.ServiceKey
+	// Reason is a short CamelCase word, the Event's reason.
+	Reason  string
 	Message string
 }
+
+// Problem reasons.
+const (
+	ReasonInvalidScheduler      = "InvalidSchedulerAnnotation"
+	ReasonInvalidSchedulerFlags = "InvalidSchedulerFlagsAnnotation"
+)
 
 func (p Problem) String() string { return p.Service.String() + ": " + p.Message }
 
@@ -67,7 +75,7 @@ func (p *planner) schedOptions(svc *servicecache.Service, problems []Problem) (s
 		case ValidScheduler(name):
 			sched = name
 		default:
-			problems = append(problems, Problem{Service: svc.Key, Message: "annotation " + AnnotationScheduler +
+			problems = append(problems, Problem{Service: svc.Key, Reason: ReasonInvalidScheduler, Message: "annotation " + AnnotationScheduler +
 				": unknown scheduler " + strconv.Quote(v) + ", using " + strconv.Quote(p.scheduler) +
 				" (valid: " + strings.Join(schedulers, ", ") + ")"})
 		}
@@ -78,7 +86,7 @@ func (p *planner) schedOptions(svc *servicecache.Service, problems []Problem) (s
 		if msg == "" {
 			flags = f
 		} else {
-			problems = append(problems, Problem{Service: svc.Key, Message: "annotation " + AnnotationSchedFlags +
+			problems = append(problems, Problem{Service: svc.Key, Reason: ReasonInvalidSchedulerFlags, Message: "annotation " + AnnotationSchedFlags +
 				": " + msg + ", annotation ignored"})
 		}
 	}

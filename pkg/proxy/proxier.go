@@ -12,9 +12,11 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/events"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
@@ -59,6 +61,9 @@ type Options struct {
 	ServiceHealth ServiceHealth
 	// Conntrack, when set, removes stale UDP conntrack entries.
 	Conntrack conntrack.Cleaner
+	// Events, when set, records a Warning Event on a Service the first
+	// time the planner reports a problem with it.
+	Events events.Recorder
 }
 
 // Snapshotter is the service cache as the proxier sees it.
@@ -89,7 +94,10 @@ type Proxier struct {
 	lastNode   servicecache.Node
 	reconciled bool
 	problems   []string
-	ipvsProbs  []ipvs.Problem
+	// reported holds, per Service, the planner problems already logged
+	// and recorded as Events: each is reported once, again only after it
+	// went away and came back.
+	reported map[servicecache.ServiceKey][]ipvs.Problem
 
 	// ctLast is the last snapshot whose conntrack cleanup succeeded, and
 	// ctPrevious whether it is the snapshot just before the current one.
@@ -140,7 +148,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	ipvsOK := false
 	if full {
 		d := ipvs.Plan(snap, ic)
-		p.logIPVSProblems(d.Problems)
+		p.reportProblems(snap, nil, d.Problems)
 		if err := p.ipvs.Reconcile(d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
@@ -148,9 +156,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	} else {
 		d := ipvs.PlanServices(snap, snap.Changed, ic)
-		for _, pr := range d.Problems {
-			klog.InfoS("Service programmed with a workaround", "service", pr.Service, "problem", pr.Message)
-		}
+		p.reportProblems(snap, snap.Changed, d.Problems)
 		if err := p.ipvs.ApplyServices(snap.Changed, d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
@@ -248,15 +254,47 @@ func (p *Proxier) cleanConntrack(snap *servicecache.Snapshot, nodePortAddrs []ne
 	p.ctLast, p.ctPrevious = snap, true
 }
 
-// logIPVSProblems logs what the planner worked around, once per change.
-func (p *Proxier) logIPVSProblems(probs []ipvs.Problem) {
-	if slices.Equal(probs, p.ipvsProbs) {
-		return
-	}
+// reportProblems logs the planner's problems and records them as Events,
+// each once: probs are the problems of the Services in keys (of every
+// Service when keys is nil, a full plan).
+func (p *Proxier) reportProblems(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, probs []ipvs.Problem) {
+	now := map[servicecache.ServiceKey][]ipvs.Problem{}
 	for _, pr := range probs {
-		klog.InfoS("Service programmed with a workaround", "service", pr.Service, "problem", pr.Message)
+		now[pr.Service] = append(now[pr.Service], pr)
 	}
-	p.ipvsProbs = probs
+	if keys == nil {
+		for k := range p.reported {
+			if _, ok := now[k]; !ok {
+				delete(p.reported, k)
+			}
+		}
+	} else {
+		for _, k := range keys {
+			if _, ok := now[k]; !ok {
+				delete(p.reported, k)
+			}
+		}
+	}
+	if p.reported == nil {
+		p.reported = map[servicecache.ServiceKey][]ipvs.Problem{}
+	}
+	for k, list := range now {
+		old := p.reported[k]
+		for _, pr := range list {
+			if slices.Contains(old, pr) {
+				continue
+			}
+			klog.InfoS("Service programmed with a workaround", "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
+			if p.opts.Events != nil {
+				var uid types.UID
+				if svc := snap.Service(k); svc != nil {
+					uid = svc.UID
+				}
+				p.opts.Events.ServiceWarning(k, uid, pr.Reason, pr.Message)
+			}
+		}
+		p.reported[k] = list
+	}
 }
 
 func (p *Proxier) notLocal(node servicecache.Node) map[iptables.Family][]string {

@@ -56,6 +56,7 @@ func ConvertService(svc *v1.Service) (out *Service, skip string, notes []string)
 
 	s := &Service{
 		Key:  ServiceKey{Namespace: svc.Namespace, Name: svc.Name},
+		UID:  svc.UID,
 		Type: svc.Spec.Type,
 	}
 	var fams ipFamilies

@@ -16,6 +16,7 @@ func (s *Service) Equal(o *Service) bool {
 		return false
 	}
 	return s.Key == o.Key &&
+		s.UID == o.UID &&
 		s.Type == o.Type &&
 		slices.Equal(s.ClusterIPs, o.ClusterIPs) &&
 		slices.Equal(s.ExternalIPs, o.ExternalIPs) &&

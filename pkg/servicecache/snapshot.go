@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // ServiceKey names a Service.
@@ -30,7 +31,9 @@ func (k ServiceKey) Less(o ServiceKey) bool {
 // proxy programs. A *Service inside a Snapshot is shared and never mutated:
 // a change produces a new value.
 type Service struct {
-	Key  ServiceKey
+	Key ServiceKey
+	// UID is the Service object's, for Events about it.
+	UID  types.UID
 	Type v1.ServiceType
 
 	// ClusterIPs holds the valid cluster IPs, primary family first.

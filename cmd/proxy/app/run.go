@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/events"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
@@ -95,6 +96,9 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 
+	recorder := events.NewAPIRecorder(ctx, client)
+	defer recorder.Shutdown()
+
 	metrics.Register()
 	go serveForever(ctx, "metrics", func(ctx context.Context) error {
 		return metrics.Serve(ctx, o.MetricsBindAddress, metrics.NewHandler(metrics.HandlerOptions{EnableProfiling: o.EnableProfiling}))
@@ -123,7 +127,7 @@ func Run(ctx context.Context, o *Options) error {
 		LocalFallbackToCluster: o.ExternalLocalFallback,
 		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,
-		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New()})
+		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder})
 	go drain(ctx, applier)
 
 	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
