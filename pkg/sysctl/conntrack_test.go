@@ -75,7 +75,7 @@ func TestEnsureConntrackSysctls(t *testing.T) {
 	}{
 		{
 			name: "defaults on 8 CPUs", opts: defaultConntrack(8), kernel: kernelConntrack(), hashsize: 16384,
-			wantSets: []string{ConntrackMax + "=262144", ConntrackTCPTimeoutEstablished + "=86400", ConntrackTCPTimeoutCloseWait + "=3600"},
+			wantSets:   []string{ConntrackMax + "=262144", ConntrackTCPTimeoutEstablished + "=86400", ConntrackTCPTimeoutCloseWait + "=3600"},
 			wantHashes: []int{65536},
 		},
 		{
