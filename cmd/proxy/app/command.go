@@ -43,15 +43,38 @@ health and metrics endpoints.`,
 			if run == nil {
 				return fmt.Errorf("%s: no run function", CommandName)
 			}
+			// The configuration file goes under the flags given on the
+			// command line, before anything is validated or applied.
+			var fromFile map[string]string
+			if o.ConfigFile != "" {
+				var err error
+				if fromFile, err = o.LoadConfigFile(cmd.Flags()); err != nil {
+					return err
+				}
+			}
+			featureGate, err := o.FeatureGate()
+			if err != nil {
+				return err
+			}
 			logs.InitLogs()
 			defer logs.FlushLogs()
-			// nil feature gate: the logging features' defaults apply.
-			if err := logsapi.ValidateAndApply(o.Logging, nil); err != nil {
+			if err := logsapi.ValidateAndApply(o.Logging, featureGate); err != nil {
 				return fmt.Errorf("logging flags: %w", err)
 			}
 			cliflag.PrintFlags(cmd.Flags())
 			if err := o.Validate(); err != nil {
-				return fmt.Errorf("invalid flags:\n%w", err)
+				return fmt.Errorf("invalid flags:\n%w", annotateConfigErrors(err, o.ConfigFile, fromFile))
+			}
+			if o.WriteConfigTo != "" {
+				flagOnly, err := o.WriteConfigFile()
+				if err != nil {
+					return err
+				}
+				klog.InfoS("Wrote the configuration", "file", o.WriteConfigTo)
+				if len(flagOnly) > 0 {
+					klog.InfoS("These flags have no configuration field and were not written; keep them on the command line", "flags", flagOnly)
+				}
+				return nil
 			}
 
 			parent := cmd.Context()

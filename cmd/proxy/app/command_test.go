@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -164,5 +167,146 @@ func TestCommandWithCLIRun(t *testing.T) {
 	}
 	if verbosity != 2 {
 		t.Errorf("verbosity = %d, want 2", verbosity)
+	}
+}
+
+func writeFile(t *testing.T, data string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestCommandConfigFile(t *testing.T) {
+	path := writeFile(t, header+"ipvs:\n  scheduler: wlc\n  syncPeriod: 1m\nclusterCIDR: 10.244.0.0/16\nlogging:\n  verbosity: 2\n")
+	tests := []struct {
+		name    string
+		args    []string
+		wantRun bool
+		wantErr []string
+		check   func(*testing.T, *Options)
+	}{
+		{
+			name:    "file reaches run, flags override it",
+			args:    []string{"--config=" + path, "--ipvs-scheduler=sh", "-v=4"},
+			wantRun: true,
+			check: func(t *testing.T, o *Options) {
+				if o.IPVSScheduler != "sh" || o.IPVSSyncPeriod != time.Minute || !reflect.DeepEqual(o.ClusterCIDRs, []string{"10.244.0.0/16"}) ||
+					o.Logging.Verbosity != 4 {
+					t.Errorf("options: %+v, verbosity %d", o, o.Logging.Verbosity)
+				}
+			},
+		},
+		{
+			name:    "file's logging applies",
+			args:    []string{"--config=" + path},
+			wantRun: true,
+			check: func(t *testing.T, o *Options) {
+				if o.Logging.Verbosity != 2 {
+					t.Errorf("verbosity %d, want the file's 2", o.Logging.Verbosity)
+				}
+			},
+		},
+		{
+			name:    "unknown field stops before run",
+			args:    []string{"--config=" + writeFile(t, header+"ipvs:\n  shceduler: rr\n")},
+			wantErr: []string{"--config ", `unknown field "ipvs.shceduler"`},
+		},
+		{
+			name:    "wrong mode stops before run",
+			args:    []string{"--config=" + writeFile(t, header+"mode: iptables\n")},
+			wantErr: []string{`mode: "iptables" is not supported`},
+		},
+		{
+			name:    "invalid value names the file's field",
+			args:    []string{"--config=" + writeFile(t, header+"ipvs:\n  scheduler: fast\n")},
+			wantErr: []string{"invalid flags", "ipvs.scheduler in ", `unknown scheduler "fast"`},
+		},
+		{
+			name:    "unknown feature gate",
+			args:    []string{"--feature-gates=IPVSTurbo=true"},
+			wantErr: []string{"--feature-gates: unrecognized feature gate: IPVSTurbo"},
+		},
+		{
+			name:    "alpha logging option without its gate",
+			args:    []string{"--log-text-split-stream"},
+			wantErr: []string{"logging flags", "LoggingAlphaOptions"},
+		},
+		{
+			name:    "feature gate reaches logging",
+			args:    []string{"--feature-gates=LoggingAlphaOptions=true", "--log-text-split-stream"},
+			wantRun: true,
+		},
+		{
+			name:    "file's feature gate reaches logging",
+			args:    []string{"--config=" + writeFile(t, header+"featureGates:\n  LoggingAlphaOptions: true\n"), "--log-text-split-stream"},
+			wantRun: true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := false
+			_, err := execute(t, func(_ context.Context, o *Options) error {
+				ran = true
+				if tc.check != nil {
+					tc.check(t, o)
+				}
+				return nil
+			}, tc.args...)
+			if ran != tc.wantRun {
+				t.Errorf("run called = %v, want %v", ran, tc.wantRun)
+			}
+			if len(tc.wantErr) == 0 && err != nil {
+				t.Fatalf("Execute: %v", err)
+			}
+			for _, w := range tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("Execute error = %v, want containing %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestCommandWriteConfig: --write-config-to writes the effective
+// configuration and exits without running; the file gives the same
+// options back through --config.
+func TestCommandWriteConfig(t *testing.T) {
+	in := writeFile(t, header+"ipvs:\n  scheduler: wlc\nclusterCIDR: 10.244.0.0/16\n")
+	out := filepath.Join(t.TempDir(), "effective.yaml")
+	args := []string{"--config=" + in, "--ipvs-strict-arp", "--ipvs-sync-period=45s", "--metrics-bind-address=0.0.0.0:9999"}
+	// Logging is applied once per execute, and reset at the end of a
+	// (sub)test: one execute per subtest.
+	run := func(name string, run RunFunc, args ...string) error {
+		var err error
+		t.Run(name, func(t *testing.T) { _, err = execute(t, run, args...) })
+		return err
+	}
+	if err := run("write", func(context.Context, *Options) error {
+		t.Error("run called with --write-config-to")
+		return nil
+	}, append(args, "--write-config-to="+out)...); err != nil {
+		t.Fatalf("--write-config-to: %v", err)
+	}
+
+	var direct, reloaded *Options
+	if err := run("direct", func(_ context.Context, o *Options) error { direct = o; return nil }, args...); err != nil {
+		t.Fatal(err)
+	}
+	if err := run("reload", func(_ context.Context, o *Options) error { reloaded = o; return nil }, "--config="+out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fileView(direct), fileView(reloaded)) {
+		t.Errorf("options from the written file:\n got %+v\nwant %+v", fileView(reloaded), fileView(direct))
+	}
+	if reloaded.IPVSScheduler != "wlc" || !reloaded.IPVSStrictARP || reloaded.IPVSSyncPeriod != 45*time.Second || reloaded.MetricsBindAddress != "0.0.0.0:9999" {
+		t.Errorf("reloaded options: %+v", reloaded)
+	}
+
+	err := run("disabled healthz", func(context.Context, *Options) error { return nil }, "--healthz-bind-address=", "--write-config-to="+out)
+	if err == nil || !strings.Contains(err.Error(), "--healthz-bind-address is empty") {
+		t.Errorf("disabled healthz with --write-config-to: error %v", err)
 	}
 }

@@ -99,6 +99,17 @@ type Options struct {
 
 	// Logging holds -v, --vmodule, --logging-format and friends.
 	Logging *logsapi.LoggingConfiguration
+
+	// FeatureGates is --feature-gates (and the configuration file's
+	// featureGates); see FeatureGate.
+	FeatureGates map[string]bool
+
+	// ConfigFile is --config: a KubeProxyConfiguration file (see
+	// LoadConfigFile); flags given on the command line override it.
+	ConfigFile string
+	// WriteConfigTo is --write-config-to: write the effective
+	// configuration there and exit.
+	WriteConfigTo string
 }
 
 // NewOptions returns Options with kube-proxy's defaults.
@@ -181,6 +192,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "If true cleanup IPVS and iptables rules and exit.")
 
 	logsapi.AddFlags(o.Logging, fs)
+	o.addFeatureGatesFlag(fs)
+
+	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile,
+		"The path to the configuration file: kube-proxy's KubeProxyConfiguration (apiVersion "+ConfigAPIVersion+"), with the fields this proxy supports. Flags given on the command line override it.")
+	fs.StringVar(&o.WriteConfigTo, "write-config-to", o.WriteConfigTo,
+		"If set, write the effective configuration (as a KubeProxyConfiguration) to this file and exit.")
 }
 
 // EffectiveMinSyncPeriod is the minimum interval between syncs: the flag,
