@@ -216,6 +216,9 @@ func TestProxyOptions(t *testing.T) {
 				"net.ipv4.vs.expire_nodest_conn":        "1",
 				"net.ipv4.vs.expire_quiescent_template": "1",
 				"net.ipv4.ip_forward":                   "1",
+				// kube-proxy's conntrack defaults (per network namespace)
+				"net.netfilter.nf_conntrack_tcp_timeout_established": "86400",
+				"net.netfilter.nf_conntrack_tcp_timeout_close_wait":  "3600",
 				// --ipvs-strict-arp
 				"net.ipv4.conf.all.arp_ignore":   "1",
 				"net.ipv4.conf.all.arp_announce": "2",

@@ -63,6 +63,20 @@ func listField(path, flag string, get func(*kubeproxyconfig.KubeProxyConfigurati
 	}}
 }
 
+// ptrField is a configField for an optional value: unset (nil) means the
+// default, and any set value applies, zero included (kube-proxy's conntrack
+// fields take 0 as "leave the kernel's value").
+func ptrField[T any](path, flag string, get func(*kubeproxyconfig.KubeProxyConfiguration) *T, set func(*Options, T)) configField {
+	return configField{path: path, flags: []string{flag}, apply: func(c *kubeproxyconfig.KubeProxyConfiguration, o *Options) (bool, error) {
+		v := get(c)
+		if v == nil {
+			return false, nil
+		}
+		set(o, *v)
+		return true, nil
+	}}
+}
+
 // withAlias adds another flag name for the same option.
 func withAlias(f configField, flag string) configField {
 	f.flags = append(f.flags, flag)
@@ -154,6 +168,27 @@ var configFields = []configField{
 	field("detectLocal.interfaceNamePrefix", "pod-interface-name-prefix",
 		func(c *kpc) string { return c.DetectLocal.InterfaceNamePrefix },
 		func(o *Options, v string) error { o.PodInterfaceNamePrefix = v; return nil }),
+	ptrField("conntrack.maxPerCore", "conntrack-max-per-core",
+		func(c *kpc) *int32 { return c.Conntrack.MaxPerCore },
+		func(o *Options, v int32) { o.Conntrack.MaxPerCore = v }),
+	ptrField("conntrack.min", "conntrack-min",
+		func(c *kpc) *int32 { return c.Conntrack.Min },
+		func(o *Options, v int32) { o.Conntrack.Min = v }),
+	ptrField("conntrack.tcpEstablishedTimeout", "conntrack-tcp-timeout-established",
+		func(c *kpc) *metav1.Duration { return c.Conntrack.TCPEstablishedTimeout },
+		func(o *Options, v metav1.Duration) { o.Conntrack.TCPEstablishedTimeout = v.Duration }),
+	ptrField("conntrack.tcpCloseWaitTimeout", "conntrack-tcp-timeout-close-wait",
+		func(c *kpc) *metav1.Duration { return c.Conntrack.TCPCloseWaitTimeout },
+		func(o *Options, v metav1.Duration) { o.Conntrack.TCPCloseWaitTimeout = v.Duration }),
+	field("conntrack.tcpBeLiberal", "conntrack-tcp-be-liberal",
+		func(c *kpc) bool { return c.Conntrack.TCPBeLiberal },
+		func(o *Options, v bool) error { o.Conntrack.TCPBeLiberal = v; return nil }),
+	field("conntrack.udpTimeout", "conntrack-udp-timeout",
+		func(c *kpc) time.Duration { return c.Conntrack.UDPTimeout.Duration },
+		func(o *Options, v time.Duration) error { o.Conntrack.UDPTimeout = v; return nil }),
+	field("conntrack.udpStreamTimeout", "conntrack-udp-timeout-stream",
+		func(c *kpc) time.Duration { return c.Conntrack.UDPStreamTimeout.Duration },
+		func(o *Options, v time.Duration) error { o.Conntrack.UDPStreamTimeout = v; return nil }),
 	listField("nodePortAddresses", "nodeport-addresses",
 		func(c *kpc) []string { return c.NodePortAddresses },
 		func(o *Options, v []string) { o.NodePortAddresses = v }),
@@ -196,23 +231,7 @@ func upstreamDefaults() *kubeproxyconfig.KubeProxyConfiguration {
 			SyncPeriod:    d(30 * time.Second),
 			MinSyncPeriod: d(time.Second),
 		},
-		Conntrack: kubeproxyconfig.KubeProxyConntrackConfiguration{
-			MaxPerCore:            ptr.To[int32](32 * 1024),
-			Min:                   ptr.To[int32](128 * 1024),
-			TCPEstablishedTimeout: &metav1.Duration{Duration: 24 * time.Hour},
-			TCPCloseWaitTimeout:   &metav1.Duration{Duration: time.Hour},
-		},
 	}
-}
-
-// zeroLeavesAlone are the unsupported pointer fields for which kube-proxy
-// takes 0 to mean "leave the kernel's value", which is what this proxy
-// does with them.
-var zeroLeavesAlone = map[string]bool{
-	"conntrack.maxPerCore":            true,
-	"conntrack.min":                   true,
-	"conntrack.tcpEstablishedTimeout": true,
-	"conntrack.tcpCloseWaitTimeout":   true,
 }
 
 var durationType = reflect.TypeFor[metav1.Duration]()
@@ -262,8 +281,7 @@ func unsupportedFields(c *kubeproxyconfig.KubeProxyConfiguration) []error {
 		if !isLeaf(v.Type()) {
 			return true
 		}
-		if v.IsZero() || reflect.DeepEqual(v.Interface(), def.Interface()) ||
-			(zeroLeavesAlone[path] && v.Elem().IsZero()) {
+		if v.IsZero() || reflect.DeepEqual(v.Interface(), def.Interface()) {
 			return false
 		}
 		hint := "remove it"
@@ -554,6 +572,15 @@ func (o *Options) Config() (*kubeproxyconfig.KubeProxyConfiguration, error) {
 			TCPFinTimeout: d(o.IPVSTCPFinTimeout),
 			UDPTimeout:    d(o.IPVSUDPTimeout),
 		},
+	}
+	c.Conntrack = kubeproxyconfig.KubeProxyConntrackConfiguration{
+		MaxPerCore:            ptr.To(o.Conntrack.MaxPerCore),
+		Min:                   ptr.To(o.Conntrack.Min),
+		TCPEstablishedTimeout: ptr.To(d(o.Conntrack.TCPEstablishedTimeout)),
+		TCPCloseWaitTimeout:   ptr.To(d(o.Conntrack.TCPCloseWaitTimeout)),
+		TCPBeLiberal:          o.Conntrack.TCPBeLiberal,
+		UDPTimeout:            d(o.Conntrack.UDPTimeout),
+		UDPStreamTimeout:      d(o.Conntrack.UDPStreamTimeout),
 	}
 	c.ClientConnection.Kubeconfig = o.Kubeconfig
 	c.ClientConnection.QPS = o.KubeAPIQPS

@@ -118,6 +118,7 @@ func TestConfigFile(t *testing.T) {
 		IPVSTCPFinTimeout:          30 * time.Second,
 		IPVSUDPTimeout:             5 * time.Minute,
 		GracefulTerminationTimeout: DefaultGracefulTerminationTimeout,
+		Conntrack:                  DefaultConntrackOptions(),
 		DetectLocalMode:            DetectLocalBridgeInterface,
 		PodBridgeInterface:         "cbr0",
 		PodInterfaceNamePrefix:     "veth",
@@ -183,10 +184,6 @@ nftables: {masqueradeBit: 14, minSyncPeriod: 1s, syncPeriod: 30s}
 logging: {flushFrequency: 5s, format: text}
 oomScoreAdj: -999
 featureGates: {}
-`,
-		// kube-proxy: 0 leaves the kernel's conntrack settings alone.
-		"conntrack zeros": header + `
-conntrack: {maxPerCore: 0, min: 0, tcpCloseWaitTimeout: 0s, tcpEstablishedTimeout: 0s, udpTimeout: 0s}
 `,
 	}
 	for name, data := range files {
@@ -272,8 +269,6 @@ func TestConfigFileErrors(t *testing.T) {
 		{name: "mode nftables", data: header + "mode: nftables\n", want: []string{`mode: "nftables"`}},
 		{name: "unsupported masqueradeBit", data: header + "iptables:\n  masqueradeBit: 15\n",
 			want: []string{"iptables.masqueradeBit: not supported", "got 15", "default, 14"}},
-		{name: "unsupported conntrack", data: header + "conntrack:\n  maxPerCore: 5\n  tcpBeLiberal: true\n",
-			want: []string{"conntrack.maxPerCore: not supported by kube-ipvs-proxy (got 5)", "conntrack.tcpBeLiberal: not supported by kube-ipvs-proxy (got true); remove it"}},
 		{name: "unsupported oomScoreAdj", data: header + "oomScoreAdj: -500\n", want: []string{"oomScoreAdj: not supported"}},
 		{name: "unsupported configSyncPeriod", data: header + "configSyncPeriod: 1m\n", want: []string{"configSyncPeriod: not supported", `"1m0s"`}},
 		{name: "unsupported portRange", data: header + "portRange: 30000-32767\n", want: []string{"portRange: not supported"}},
@@ -418,7 +413,7 @@ func TestWriteConfigSupportedFieldsOnly(t *testing.T) {
 		top = append(top, k)
 	}
 	slices.Sort(top)
-	wantTop := []string{"apiVersion", "clientConnection", "clusterCIDR", "detectLocal", "detectLocalMode", "enableProfiling",
+	wantTop := []string{"apiVersion", "clientConnection", "clusterCIDR", "conntrack", "detectLocal", "detectLocalMode", "enableProfiling",
 		"healthzBindAddress", "hostnameOverride", "iptables", "ipvs", "kind", "logging", "metricsBindAddress", "mode", "nodePortAddresses"}
 	if !reflect.DeepEqual(top, wantTop) {
 		t.Errorf("top-level fields %v, want %v\n%s", top, wantTop, data)
@@ -488,7 +483,7 @@ func TestConfigFieldsTable(t *testing.T) {
 		}
 	}
 	if got := unsupportedPaths(); !slices.Contains(got, "iptables.masqueradeBit") || slices.Contains(got, "iptables.masqueradeAll") ||
-		!slices.Contains(got, "conntrack.tcpBeLiberal") || slices.Contains(got, "ipvs.scheduler") {
+		slices.Contains(got, "conntrack.tcpBeLiberal") || slices.Contains(got, "ipvs.scheduler") {
 		t.Errorf("unsupportedPaths = %v", got)
 	}
 }
@@ -562,5 +557,35 @@ func TestFeatureGates(t *testing.T) {
 	o, fs := parseFlags(t)
 	if err := fs.Parse([]string{"--feature-gates=ContextualLogging=maybe"}); err == nil {
 		t.Errorf("non-boolean gate value parsed: %v", o.FeatureGates)
+	}
+}
+
+// The conntrack section maps to the --conntrack-* flags: unset fields keep
+// kube-proxy's defaults, 0 leaves the kernel's value, a flag wins.
+func TestConfigConntrack(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		data string
+		args []string
+		want ConntrackOptions
+	}{
+		{"unset", header, nil, DefaultConntrackOptions()},
+		{"zeros leave the kernel alone", header + "conntrack: {maxPerCore: 0, min: 0, tcpCloseWaitTimeout: 0s, tcpEstablishedTimeout: 0s, udpTimeout: 0s}\n",
+			nil, ConntrackOptions{}},
+		{"values", header + "conntrack: {maxPerCore: 65536, min: 262144, tcpEstablishedTimeout: 2h, tcpCloseWaitTimeout: 30m, tcpBeLiberal: true, udpTimeout: 45s, udpStreamTimeout: 3m}\n",
+			nil, ConntrackOptions{MaxPerCore: 65536, Min: 262144, TCPEstablishedTimeout: 2 * time.Hour, TCPCloseWaitTimeout: 30 * time.Minute,
+				TCPBeLiberal: true, UDPTimeout: 45 * time.Second, UDPStreamTimeout: 3 * time.Minute}},
+		{"a flag wins", header + "conntrack: {maxPerCore: 65536, tcpEstablishedTimeout: 2h}\n", []string{"--conntrack-max-per-core=0"},
+			ConntrackOptions{MaxPerCore: 0, Min: DefaultConntrackOptions().Min, TCPEstablishedTimeout: 2 * time.Hour, TCPCloseWaitTimeout: time.Hour}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := loadConfig(t, tt.data, tt.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.Conntrack != tt.want {
+				t.Errorf("conntrack options %+v, want %+v", o.Conntrack, tt.want)
+			}
+		})
 	}
 }

@@ -67,6 +67,10 @@ type Options struct {
 	// GracefulTerminationTimeout bounds how long a removed TCP real server
 	// drains at weight 0 before it is deleted (upstream has no bound).
 	GracefulTerminationTimeout time.Duration
+	// Conntrack holds the --conntrack-* flags: the conntrack table size and
+	// timeouts, set at start as kube-proxy does.
+	Conntrack ConntrackOptions
+
 	// ExternalLocalFallback: with externalTrafficPolicy Local and no local
 	// endpoint, use the cluster's endpoints (upstream IPVS mode) instead of
 	// refusing (upstream iptables/nftables modes, our default).
@@ -118,6 +122,7 @@ func NewOptions() *Options {
 		IPVSScheduler:              DefaultIPVSScheduler,
 		IPVSSyncPeriod:             DefaultIPVSSyncPeriod,
 		GracefulTerminationTimeout: DefaultGracefulTerminationTimeout,
+		Conntrack:                  DefaultConntrackOptions(),
 		HealthzBindAddress:         DefaultHealthzBindAddress,
 		MetricsBindAddress:         DefaultMetricsBindAddress,
 		KubeAPIQPS:                 DefaultKubeAPIQPS,
@@ -165,6 +170,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"How long a removed TCP real server may drain (weight 0) while it still has connections before it is deleted. 0 deletes at once.")
 	fs.BoolVar(&o.ExternalLocalFallback, "external-traffic-local-fallback", o.ExternalLocalFallback,
 		"For externalTrafficPolicy: Local Services on a node without a local endpoint, send external traffic to the cluster's endpoints (upstream IPVS mode) instead of refusing it (upstream iptables and nftables modes, the default).")
+
+	o.Conntrack.AddFlags(fs)
 
 	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", o.DetectLocalMode,
 		"Mode to use to detect local traffic: ClusterCIDR (the default), NodeCIDR, BridgeInterface or InterfaceNamePrefix.")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -60,6 +61,11 @@ func Run(ctx context.Context, o *Options) error {
 		return fmt.Errorf("setting IPVS timeouts: %w", err)
 	}
 	if err := sysctl.EnsureIPVSSysctls(sysctl.New(), sysctl.IPVSOptions{StrictARP: o.IPVSStrictARP, Logger: klog.FromContext(ctx)}); err != nil {
+		return err
+	}
+	ct := o.Conntrack.Sysctl(runtime.NumCPU())
+	ct.Logger = klog.FromContext(ctx)
+	if err := sysctl.EnsureConntrackSysctls(sysctl.New(), ct); err != nil {
 		return err
 	}
 	ipset, err := iptables.NewNetlinkIPSet()

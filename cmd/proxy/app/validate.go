@@ -30,10 +30,16 @@ func (o *Options) Validate() error {
 		add(err)
 	}
 	for name, d := range map[string]time.Duration{"--ipvs-tcp-timeout": o.IPVSTCPTimeout, "--ipvs-tcpfin-timeout": o.IPVSTCPFinTimeout,
-		"--ipvs-udp-timeout": o.IPVSUDPTimeout, "--ipvs-graceful-termination-timeout": o.GracefulTerminationTimeout} {
+		"--ipvs-udp-timeout": o.IPVSUDPTimeout, "--ipvs-graceful-termination-timeout": o.GracefulTerminationTimeout,
+		"--conntrack-tcp-timeout-established": o.Conntrack.TCPEstablishedTimeout, "--conntrack-tcp-timeout-close-wait": o.Conntrack.TCPCloseWaitTimeout,
+		"--conntrack-udp-timeout": o.Conntrack.UDPTimeout, "--conntrack-udp-timeout-stream": o.Conntrack.UDPStreamTimeout} {
 		if d < 0 {
 			add(fmt.Errorf("%s: must be 0 or more, got %s", name, d))
 		}
+	}
+
+	if o.Conntrack.MaxPerCore < 0 || o.Conntrack.Min < 0 {
+		add(fmt.Errorf("--conntrack-max-per-core and --conntrack-min: must be 0 or more, got %d and %d", o.Conntrack.MaxPerCore, o.Conntrack.Min))
 	}
 
 	switch o.DetectLocalMode {
