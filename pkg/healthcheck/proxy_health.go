@@ -41,6 +41,9 @@ type ProxyHealth struct {
 	CurrentTime time.Time `json:"currentTime"`
 	// NodeEligible is only set in /healthz responses.
 	NodeEligible *bool `json:"nodeEligible,omitempty"`
+	// APIServerReachable is only set in /healthz responses when the API
+	// server check is on (see SetAPIServerTimeout).
+	APIServerReachable *bool `json:"apiServerReachable,omitempty"`
 	// Healthy is true when every family is healthy.
 	Healthy bool                          `json:"healthy"`
 	Status  map[v1.IPFamily]ProxierHealth `json:"status,omitempty"`
@@ -49,10 +52,19 @@ type ProxyHealth struct {
 // ProxyHealthServer tracks sync progress per IP family and serves it.
 //
 // The sync loop calls QueuedUpdate when it learns of a change and Updated
-// when a sync finishes. A family is unhealthy once a queued change has
-// waited healthTimeout without a sync. As in kube-proxy, a family is only
+// when a sync succeeds. A family is unhealthy once a queued change has
+// waited healthTimeout without a sync (kube-proxy's rule), and, once the
+// sync loop runs (SyncLoopRunning), when no sync has succeeded for
+// healthTimeout: the periodic resync runs every sync period, half the
+// timeout, so syncs that fail or hang are caught even when nothing is
+// queued (kube-proxy misses those). As in kube-proxy, a family is only
 // judged after its first Updated call, so the sync loop should call Updated
 // once when it starts (kube-proxy does so in SyncLoop).
+//
+// /healthz, which load balancers read, also fails once the API server has
+// not been reached for apiTimeout (SetAPIServerTimeout, APIServerReached):
+// the node's Services are then stale. /livez never does, so an API outage
+// does not make the kubelet restart every proxy at once.
 type ProxyHealthServer struct {
 	addr          string
 	healthTimeout time.Duration
@@ -63,6 +75,12 @@ type ProxyHealthServer struct {
 	lastUpdated map[v1.IPFamily]time.Time
 	// oldestQueued is when the oldest change not yet synced was queued.
 	oldestQueued map[v1.IPFamily]time.Time
+	// loopRunning turns on the stall rule.
+	loopRunning bool
+	// apiTimeout > 0 turns on the API server rule of /healthz; apiContact
+	// is the last time the API server answered.
+	apiTimeout time.Duration
+	apiContact time.Time
 }
 
 // NewProxyHealthServer returns a server for addr ("IP:port"). healthTimeout
@@ -93,6 +111,47 @@ func (hs *ProxyHealthServer) Updated(family v1.IPFamily) {
 	hs.lastUpdated[family] = hs.clock.Now()
 }
 
+// SyncLoopRunning tells the server that the caches have synced and the
+// sync loop runs: from now on a family whose last successful sync is
+// healthTimeout old is unhealthy. Before, the first sync waits for the
+// API server, and an outage then must not make the kubelet restart the
+// proxy over and over.
+func (hs *ProxyHealthServer) SyncLoopRunning() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.loopRunning = true
+	now := hs.clock.Now()
+	for f := range hs.lastUpdated {
+		hs.lastUpdated[f] = now
+	}
+}
+
+// SetAPIServerTimeout makes /healthz fail once the API server has not
+// answered for d (0: never). The clock starts now.
+func (hs *ProxyHealthServer) SetAPIServerTimeout(d time.Duration) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.apiTimeout, hs.apiContact = d, hs.clock.Now()
+}
+
+// APIServerReached records that the API server answered.
+func (hs *ProxyHealthServer) APIServerReached() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.apiContact = hs.clock.Now()
+}
+
+// APIServerReachable reports whether the API server answered within the
+// timeout, and whether that check is on at all.
+func (hs *ProxyHealthServer) APIServerReachable() (reachable, checked bool) {
+	hs.mu.RLock()
+	defer hs.mu.RUnlock()
+	if hs.apiTimeout <= 0 {
+		return true, false
+	}
+	return hs.clock.Now().Sub(hs.apiContact) < hs.apiTimeout, true
+}
+
 // QueuedUpdate records that family's proxier has a change to sync. Only
 // the first call since the last Updated counts: health measures how long
 // the oldest pending change has waited.
@@ -120,9 +179,14 @@ func (hs *ProxyHealthServer) Health() ProxyHealth {
 			health.LastUpdated = last
 		}
 		healthy := true
-		// A family with nothing queued is healthy however old its last sync.
 		if queued, pending := hs.oldestQueued[family]; pending && now.Sub(queued) >= hs.healthTimeout {
 			healthy = false
+		}
+		// Syncs that fail or hang: no success for healthTimeout.
+		if hs.loopRunning && now.Sub(last) >= hs.healthTimeout {
+			healthy = false
+		}
+		if !healthy {
 			health.Healthy = false
 		}
 		health.Status[family] = ProxierHealth{LastUpdated: last, Healthy: healthy}
@@ -185,7 +249,11 @@ func (hs *ProxyHealthServer) serveHealthz(w http.ResponseWriter, _ *http.Request
 	health := hs.Health()
 	eligible := hs.NodeEligible()
 	health.NodeEligible = &eligible
-	hs.write(w, health, health.Healthy && eligible, metrics.ProxyHealthzTotal)
+	api, checked := hs.APIServerReachable()
+	if checked {
+		health.APIServerReachable = &api
+	}
+	hs.write(w, health, health.Healthy && eligible && api, metrics.ProxyHealthzTotal)
 }
 
 // serveLivez is /livez: sync health only, for the liveness probe, so a

@@ -33,6 +33,7 @@ type step struct {
 	advance time.Duration
 	queued  []v1.IPFamily
 	updated []v1.IPFamily
+	loop    bool // the sync loop starts (SyncLoopRunning)
 }
 
 func TestHealth(t *testing.T) {
@@ -59,6 +60,24 @@ func TestHealth(t *testing.T) {
 			steps:       []step{{updated: []v1.IPFamily{v4, v6}}, {advance: 10 * timeout}},
 			wantHealthy: true,
 			wantStatus:  map[v1.IPFamily]bool{v4: true, v6: true},
+		},
+		{
+			name:        "sync loop running: no successful sync for the timeout is unhealthy",
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {advance: time.Minute, loop: true}, {advance: timeout}},
+			wantHealthy: false,
+			wantStatus:  map[v1.IPFamily]bool{v4: false},
+		},
+		{
+			name:        "sync loop running: periodic syncs keep it healthy with nothing queued",
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: timeout / 2, updated: []v1.IPFamily{v4}}, {advance: timeout - time.Nanosecond}},
+			wantHealthy: true,
+			wantStatus:  map[v1.IPFamily]bool{v4: true},
+		},
+		{
+			name:        "sync loop running: recovers by itself with the next successful sync",
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: 3 * timeout}, {advance: time.Second, updated: []v1.IPFamily{v4}}},
+			wantHealthy: true,
+			wantStatus:  map[v1.IPFamily]bool{v4: true},
 		},
 		{
 			name: "queued just under the timeout is healthy",
@@ -121,6 +140,13 @@ func TestHealth(t *testing.T) {
 			var latest time.Time
 			for _, s := range tc.steps {
 				clk.SetTime(clk.Now().Add(s.advance))
+				if s.loop {
+					hs.SyncLoopRunning()
+					for f := range lastUpdated {
+						lastUpdated[f] = clk.Now()
+						latest = clk.Now()
+					}
+				}
 				for _, f := range s.queued {
 					hs.QueuedUpdate(f)
 				}
@@ -158,6 +184,49 @@ func TestHealth(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// /healthz fails once the API server has not answered for the timeout;
+// /livez does not; an answer makes /healthz healthy again.
+func TestAPIServerTimeout(t *testing.T) {
+	clk := testingclock.NewFakePassiveClock(start)
+	hs := newProxyHealthServer("127.0.0.1:0", timeout, func() *v1.Node { return makeNode() }, clk)
+	hs.Updated(v4)
+	hs.SetAPIServerTimeout(2 * time.Minute)
+	get := func(path string) (int, ProxyHealth) {
+		rec := httptest.NewRecorder()
+		hs.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		var h ProxyHealth
+		if err := json.Unmarshal(rec.Body.Bytes(), &h); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		return rec.Code, h
+	}
+	steps := []struct {
+		advance        time.Duration
+		reached        bool
+		healthz, livez int
+		reachable      bool
+	}{
+		{0, false, 200, 200, true},
+		{2*time.Minute - time.Second, false, 200, 200, true},
+		{time.Second, false, 503, 200, false},
+		{time.Second, true, 200, 200, true},
+	}
+	for i, st := range steps {
+		clk.SetTime(clk.Now().Add(st.advance))
+		hs.Updated(v4) // syncs go on from the cached state
+		if st.reached {
+			hs.APIServerReached()
+		}
+		code, h := get("/healthz")
+		if code != st.healthz || h.APIServerReachable == nil || *h.APIServerReachable != st.reachable {
+			t.Errorf("step %d: /healthz %d reachable %v, want %d %v", i, code, h.APIServerReachable, st.healthz, st.reachable)
+		}
+		if code, h := get("/livez"); code != st.livez || h.APIServerReachable != nil {
+			t.Errorf("step %d: /livez %d (apiServerReachable %v), want %d without the field", i, code, h.APIServerReachable, st.livez)
+		}
 	}
 }
 

@@ -525,6 +525,9 @@ func (o *Options) flagOnly() []string {
 	if o.ExternalLocalFallback {
 		out = append(out, "--external-traffic-local-fallback")
 	}
+	if o.HealthzAPIServerTimeout != DefaultHealthzAPIServerTimeout {
+		out = append(out, "--healthz-api-server-timeout")
+	}
 	if o.Cleanup {
 		out = append(out, "--cleanup")
 	}

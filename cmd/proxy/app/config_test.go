@@ -118,6 +118,7 @@ func TestConfigFile(t *testing.T) {
 		IPVSTCPFinTimeout:          30 * time.Second,
 		IPVSUDPTimeout:             5 * time.Minute,
 		GracefulTerminationTimeout: DefaultGracefulTerminationTimeout,
+		HealthzAPIServerTimeout:    DefaultHealthzAPIServerTimeout,
 		Conntrack:                  DefaultConntrackOptions(),
 		DetectLocalMode:            DetectLocalBridgeInterface,
 		PodBridgeInterface:         "cbr0",

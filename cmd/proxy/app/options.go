@@ -25,6 +25,9 @@ const (
 	DefaultIPVSSyncPeriod     = 30 * time.Second
 	// DefaultGracefulTerminationTimeout bounds draining (upstream: unbounded).
 	DefaultGracefulTerminationTimeout = 60 * time.Second
+	// DefaultHealthzAPIServerTimeout: how long the API server may be
+	// unreachable before /healthz fails (kube-proxy has no such check).
+	DefaultHealthzAPIServerTimeout = 2 * time.Minute
 	// DefaultIPVSMinSyncPeriod is what an --ipvs-min-sync-period of 0 means:
 	// kube-proxy's own default for the flag.
 	DefaultIPVSMinSyncPeriod = time.Second
@@ -91,8 +94,11 @@ type Options struct {
 	// HealthzBindAddress and MetricsBindAddress are "IP:port"; empty
 	// disables the server. A bare IP gets the default port.
 	HealthzBindAddress string // --healthz-bind-address
-	MetricsBindAddress string // --metrics-bind-address
-	EnableProfiling    bool   // --enable-profiling (alias --profiling)
+	// HealthzAPIServerTimeout is --healthz-api-server-timeout: /healthz
+	// fails once the API server has not answered for this long (0: never).
+	HealthzAPIServerTimeout time.Duration
+	MetricsBindAddress      string // --metrics-bind-address
+	EnableProfiling         bool   // --enable-profiling (alias --profiling)
 
 	KubeAPIQPS         float32 // --kube-api-qps
 	KubeAPIBurst       int32   // --kube-api-burst
@@ -124,6 +130,7 @@ func NewOptions() *Options {
 		GracefulTerminationTimeout: DefaultGracefulTerminationTimeout,
 		Conntrack:                  DefaultConntrackOptions(),
 		HealthzBindAddress:         DefaultHealthzBindAddress,
+		HealthzAPIServerTimeout:    DefaultHealthzAPIServerTimeout,
 		MetricsBindAddress:         DefaultMetricsBindAddress,
 		KubeAPIQPS:                 DefaultKubeAPIQPS,
 		KubeAPIBurst:               DefaultKubeAPIBurst,
@@ -172,6 +179,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"For externalTrafficPolicy: Local Services on a node without a local endpoint, send external traffic to the cluster's endpoints (upstream IPVS mode) instead of refusing it (upstream iptables and nftables modes, the default).")
 
 	o.Conntrack.AddFlags(fs)
+	fs.DurationVar(&o.HealthzAPIServerTimeout, "healthz-api-server-timeout", o.HealthzAPIServerTimeout,
+		"/healthz (read by load balancers) fails once the API server has not answered for this long, as the node's Services are then stale; /livez does not. 0 turns the check off.")
 
 	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", o.DetectLocalMode,
 		"Mode to use to detect local traffic: ClusterCIDR (the default), NodeCIDR, BridgeInterface or InterfaceNamePrefix.")

@@ -113,6 +113,10 @@ func Run(ctx context.Context, o *Options) error {
 	if o.HealthzBindAddress != "" {
 		go serveForever(ctx, "healthz", health.Run)
 	}
+	if o.HealthzAPIServerTimeout > 0 {
+		health.SetAPIServerTimeout(o.HealthzAPIServerTimeout)
+		go healthcheck.ProbeAPIServer(ctx, client.Discovery().RESTClient(), apiProbePeriod(o.HealthzAPIServerTimeout), health)
+	}
 
 	svcHealth := healthcheck.NewServiceHealthServer(nodeName, nil, func() bool { return health.Health().Healthy })
 	defer svcHealth.Close()
@@ -156,10 +160,17 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	klog.InfoS("Caches synced; starting the sync loop", "node", nodeName, "families", families,
 		"scheduler", o.Scheduler(), "syncPeriod", o.IPVSSyncPeriod, "minSyncPeriod", o.EffectiveMinSyncPeriod())
+	health.SyncLoopRunning()
 	r.Loop(ctx)
 	cache.Shutdown()
 	klog.InfoS("Stopping; the kernel state stays in place")
 	return nil
+}
+
+// apiProbePeriod checks the API server a few times per timeout, at most
+// every 10 s.
+func apiProbePeriod(timeout time.Duration) time.Duration {
+	return min(timeout/4, 10*time.Second)
 }
 
 // drain deletes the real servers that finished draining (weight 0 with no

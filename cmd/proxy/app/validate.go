@@ -32,7 +32,8 @@ func (o *Options) Validate() error {
 	for name, d := range map[string]time.Duration{"--ipvs-tcp-timeout": o.IPVSTCPTimeout, "--ipvs-tcpfin-timeout": o.IPVSTCPFinTimeout,
 		"--ipvs-udp-timeout": o.IPVSUDPTimeout, "--ipvs-graceful-termination-timeout": o.GracefulTerminationTimeout,
 		"--conntrack-tcp-timeout-established": o.Conntrack.TCPEstablishedTimeout, "--conntrack-tcp-timeout-close-wait": o.Conntrack.TCPCloseWaitTimeout,
-		"--conntrack-udp-timeout": o.Conntrack.UDPTimeout, "--conntrack-udp-timeout-stream": o.Conntrack.UDPStreamTimeout} {
+		"--conntrack-udp-timeout": o.Conntrack.UDPTimeout, "--conntrack-udp-timeout-stream": o.Conntrack.UDPStreamTimeout,
+		"--healthz-api-server-timeout": o.HealthzAPIServerTimeout} {
 		if d < 0 {
 			add(fmt.Errorf("%s: must be 0 or more, got %s", name, d))
 		}
