@@ -11,9 +11,26 @@ import (
 // are rewritten, then jumps are ensured, then stale entries are deleted
 // (after the rules changed, so nothing in use disappears first). Calls must
 // not overlap: the sync loop owns the Applier.
+//
+// Apply reads the kernel (every set's entries, iptables-save of both
+// tables) and repairs any drift. ApplyIncremental trusts what the last
+// successful Apply or ApplyIncremental left, kept in memory, so a change
+// costs only its own kernel operations, not a dump of every set; a failure
+// forgets that memory, and the next call reads the kernel again.
 type Applier struct {
 	IPSet  IPSet
 	Tables map[Family]Tables
+
+	// known is, per family, the state the kernel had after the last
+	// successful apply.
+	known map[Family]*familyState
+}
+
+// familyState is what one family's sets and chains hold. Entry slices are
+// the plans' own (sorted, never modified once planned).
+type familyState struct {
+	sets   map[string][]Entry
+	chains map[Table]map[string][]Rule
 }
 
 // Changes reports what an Apply changed; empty when the kernel already
@@ -30,9 +47,17 @@ func (c Changes) Empty() bool {
 	return c.EntriesAdded == 0 && c.EntriesDeleted == 0 && len(c.ChainsWritten) == 0 && len(c.JumpsInserted) == 0
 }
 
-// Apply applies every family of d. It goes on after a failure where that is
-// safe and returns all errors joined; Changes counts what was done anyway.
-func (a *Applier) Apply(d *Desired) (Changes, error) {
+// Apply applies every family of d against the kernel as it is now. It
+// goes on after a failure where that is safe and returns all errors
+// joined; Changes counts what was done anyway.
+func (a *Applier) Apply(d *Desired) (Changes, error) { return a.apply(d, true) }
+
+// ApplyIncremental applies d against the state the last successful apply
+// left (reading the kernel only for a family it knows nothing of). Use it
+// between full resyncs; drift is repaired by the next Apply.
+func (a *Applier) ApplyIncremental(d *Desired) (Changes, error) { return a.apply(d, false) }
+
+func (a *Applier) apply(d *Desired, full bool) (Changes, error) {
 	var ch Changes
 	if d == nil {
 		return ch, errors.New("nothing to apply: nil plan")
@@ -42,7 +67,7 @@ func (a *Applier) Apply(d *Desired) (Changes, error) {
 		if p == nil {
 			continue
 		}
-		if err := a.applyFamily(p, &ch); err != nil {
+		if err := a.applyFamily(p, &ch, full); err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", p.Family, err))
 		}
 	}
@@ -53,28 +78,46 @@ func (a *Applier) Apply(d *Desired) (Changes, error) {
 type setDiff struct {
 	spec     SetSpec
 	add, del []Entry
+	want     []Entry // the desired entries, sorted
 }
 
-func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
+func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 	tables := a.Tables[p.Family]
 	if tables == nil || a.IPSet == nil {
 		return errors.New("applier has no IPSet or no Tables for this family")
 	}
+	known := a.known[p.Family]
+	if known == nil {
+		full = true
+	}
+	// Forgotten until this apply succeeds.
+	delete(a.known, p.Family)
+	next := &familyState{sets: make(map[string][]Entry, len(p.Sets)), chains: map[Table]map[string][]Rule{}}
 	var errs []error
 
 	// 1. Sets exist (rules refer to them) and what each lacks or has extra.
 	var diffs []setDiff
 	for _, sp := range p.Sets {
-		if err := a.IPSet.EnsureSet(sp.Spec); err != nil {
-			errs = append(errs, err)
-			continue
+		have, ok := []Entry(nil), false
+		if !full {
+			have, ok = known.sets[sp.Spec.Name]
 		}
-		have, err := a.IPSet.ListEntries(sp.Spec)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		if !ok {
+			// ipset create NAME TYPE ... -exist; ipset list NAME
+			if err := a.IPSet.EnsureSet(sp.Spec); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			listed, err := a.IPSet.ListEntries(sp.Spec)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			have = slices.SortedFunc(slices.Values(listed), compareEntries)
 		}
-		diffs = append(diffs, diffEntries(sp, have))
+		d := diffEntries(sp, have)
+		diffs = append(diffs, d)
+		next.sets[sp.Spec.Name] = d.want
 	}
 
 	// 2. Add missing entries before rules may start matching the set.
@@ -92,6 +135,11 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 	// 3. Rewrite the chains that differ, all in one restore.
 	listed := map[Table]map[string][]Rule{}
 	for _, t := range []Table{TableNAT, TableFilter} {
+		if !full {
+			listed[t] = known.chains[t]
+			continue
+		}
+		// iptables-save -t TABLE
 		chains, err := tables.ListTable(t)
 		if err != nil {
 			errs = append(errs, err)
@@ -111,6 +159,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 	}
 	restored := true
 	if len(write) > 0 {
+		// iptables-restore --noflush with the chains that differ
 		if err := tables.ReplaceChains(write); err != nil {
 			errs = append(errs, err)
 			restored = false
@@ -120,10 +169,26 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 			}
 		}
 	}
+	for t, chains := range listed {
+		m := make(map[string][]Rule, len(chains))
+		for name, rules := range chains {
+			m[name] = rules
+		}
+		next.chains[t] = m
+	}
+	for _, c := range write {
+		if next.chains[c.Table] != nil {
+			next.chains[c.Table][c.Name] = c.Rules
+		}
+	}
 
 	// 4. Jumps: inserted at the top when missing (anywhere in the built-in
-	// chain counts, like iptables -C), once their target exists.
+	// chain counts, like iptables -C), once their target exists. Checked
+	// against the kernel on full applies only.
 	for _, j := range p.Jumps {
+		if !full {
+			break
+		}
 		chains := listed[j.Table]
 		if chains == nil {
 			continue
@@ -134,6 +199,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 		if _, exists := chains[j.To]; !exists && !restored {
 			continue // the chain could not be created; that error is reported
 		}
+		// iptables -t TABLE -I FROM -j TO
 		if err := tables.InsertJump(j); err != nil {
 			errs = append(errs, err)
 			continue
@@ -152,36 +218,67 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes) error {
 		}
 		ch.EntriesDeleted += len(d.del)
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if a.known == nil {
+		a.known = map[Family]*familyState{}
+	}
+	a.known[p.Family] = next
+	return nil
 }
 
-// diffEntries compares a set's desired (sorted) entries with the kernel's.
+// diffEntries compares a set's desired entries with what it holds, both
+// sorted: one merge, no maps (sets hold tens of thousands of entries).
 func diffEntries(sp SetPlan, have []Entry) setDiff {
 	d := setDiff{spec: sp.Spec}
-	haveSet := make(map[Entry]struct{}, len(have))
-	for _, e := range have {
-		haveSet[e] = struct{}{}
+	want := sp.Entries
+	if !strictlySortedEntries(want) {
+		// Plans are sorted without duplicates; be safe if one is not.
+		want = slices.SortedFunc(slices.Values(want), compareEntries)
+		want = slices.CompactFunc(want, func(a, b Entry) bool { return compareEntries(a, b) == 0 })
 	}
-	want := make(map[Entry]struct{}, len(sp.Entries))
-	for _, e := range sp.Entries {
-		want[e] = struct{}{}
-		if _, ok := haveSet[e]; !ok {
-			d.add = append(d.add, e)
+	i, j := 0, 0
+	for i < len(want) || j < len(have) {
+		switch {
+		case j == len(have):
+			d.add = append(d.add, want[i])
+			i++
+		case i == len(want):
+			d.del = append(d.del, have[j])
+			j++
+		default:
+			switch c := compareEntries(want[i], have[j]); {
+			case c == 0:
+				i++
+				j++
+			case c < 0:
+				d.add = append(d.add, want[i])
+				i++
+			default:
+				d.del = append(d.del, have[j])
+				j++
+			}
 		}
 	}
-	for e := range haveSet {
-		if _, ok := want[e]; !ok {
-			d.del = append(d.del, e)
-		}
-	}
-	slices.SortFunc(d.del, compareEntries)
+	d.want = want
 	return d
+}
+
+func strictlySortedEntries(es []Entry) bool {
+	for i := 1; i < len(es); i++ {
+		if compareEntries(es[i-1], es[i]) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Cleanup removes everything we own for the given families: jumps, then
 // chains (flushed before any is deleted), then sets (which the kernel
 // refuses to destroy while rules use them). Missing pieces are fine.
 func (a *Applier) Cleanup(families []Family) error {
+	a.known = nil
 	var errs []error
 	for _, f := range families {
 		tables := a.Tables[f]

@@ -93,3 +93,23 @@ func BenchmarkApplyNoChange(b *testing.B) {
 		})
 	}
 }
+
+// The same between full resyncs: diffed against the applier's memory, no
+// listing of sets or tables.
+func BenchmarkApplyIncrementalNoChange(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			d := Plan(shapeSnapshot(n), shapeConfig())
+			a := &Applier{IPSet: NewFakeIPSet(), Tables: map[Family]Tables{IPv4: NewFakeTables()}}
+			if _, err := a.Apply(d); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := a.ApplyIncremental(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -193,7 +193,13 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 		p.problems = d.Problems
 	}
-	changes, err := p.ipt.Apply(d)
+	// A full sync reads the sets and chains back and repairs drift; an
+	// incremental one changes only what differs from the last apply.
+	apply := p.ipt.ApplyIncremental
+	if full {
+		apply = p.ipt.Apply
+	}
+	changes, err := apply(d)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iptables/ipset: %w", err))
 	}
