@@ -59,3 +59,20 @@ func TestProblemsAreRecordedOnceAsEvents(t *testing.T) {
 		}
 	}
 }
+
+// The sysctls are put back on full syncs only.
+func TestSysctlsOnFullSyncs(t *testing.T) {
+	f := newFixture()
+	calls := 0
+	f.p.opts.Sysctls = func() error { calls++; return nil }
+	svc := web("10.244.1.2")
+	for _, full := range []bool{true, false, false, true} {
+		f.snaps.queue = []*servicecache.Snapshot{{Services: []*servicecache.Service{svc}, Node: node, Changed: []servicecache.ServiceKey{svc.Key}}}
+		if err := f.p.Sync(context.Background(), full); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("sysctls ensured %d times over two full and two incremental syncs, want 2", calls)
+	}
+}

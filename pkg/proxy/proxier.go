@@ -64,6 +64,10 @@ type Options struct {
 	// Events, when set, records a Warning Event on a Service the first
 	// time the planner reports a problem with it.
 	Events events.Recorder
+	// Sysctls, when set, is called on every full sync to put back the
+	// kernel parameters the proxy needs, should something have changed
+	// them since the start.
+	Sysctls func() error
 }
 
 // Snapshotter is the service cache as the proxier sees it.
@@ -145,6 +149,11 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	}
 
 	var errs []error
+	if full && p.opts.Sysctls != nil {
+		if err := p.opts.Sysctls(); err != nil {
+			errs = append(errs, fmt.Errorf("sysctls: %w", err))
+		}
+	}
 	ipvsOK := false
 	if full {
 		d := ipvs.Plan(snap, ic)

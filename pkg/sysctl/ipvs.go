@@ -165,7 +165,7 @@ func ensure(s Sysctl, logger logr.Logger, name string, want int) error {
 	if err := s.Set(name, want); err != nil {
 		return fmt.Errorf("can't set sysctl %s to %d: %w", name, want, explain(err))
 	}
-	logger.V(1).Info("Changed sysctl", "name", name, "before", got, "after", want)
+	logger.Info("Changed sysctl", "name", name, "before", got, "after", want)
 	return nil
 }
 

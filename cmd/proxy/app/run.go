@@ -60,7 +60,10 @@ func Run(ctx context.Context, o *Options) error {
 	if err := kipvs.SetTimeouts(o.IPVSTCPTimeout, o.IPVSTCPFinTimeout, o.IPVSUDPTimeout); err != nil {
 		return fmt.Errorf("setting IPVS timeouts: %w", err)
 	}
-	if err := sysctl.EnsureIPVSSysctls(sysctl.New(), sysctl.IPVSOptions{StrictARP: o.IPVSStrictARP, Logger: klog.FromContext(ctx)}); err != nil {
+	ensureSysctls := func() error {
+		return sysctl.EnsureIPVSSysctls(sysctl.New(), sysctl.IPVSOptions{StrictARP: o.IPVSStrictARP, Logger: klog.FromContext(ctx)})
+	}
+	if err := ensureSysctls(); err != nil {
 		return err
 	}
 	ct := o.Conntrack.Sysctl(runtime.NumCPU())
@@ -137,7 +140,7 @@ func Run(ctx context.Context, o *Options) error {
 		LocalFallbackToCluster: o.ExternalLocalFallback,
 		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,
-		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder})
+		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls})
 	go drain(ctx, applier)
 
 	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
