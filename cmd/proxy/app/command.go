@@ -99,5 +99,10 @@ health and metrics endpoints.`,
 	// Accept kube-proxy's --ipvs_sync_period style too.
 	fs.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
 	o.AddFlags(fs)
+	// Subcommands have flags of their own; the root's RunE, the proxy,
+	// never runs for them. No shell completion command: nothing to
+	// complete.
+	cmd.AddCommand(NewInspectCommand())
+	cmd.CompletionOptions.DisableDefaultCmd = true
 	return cmd
 }
