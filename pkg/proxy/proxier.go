@@ -17,6 +17,7 @@ import (
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/events"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/guard"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/healthcheck"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
@@ -46,6 +47,11 @@ type Config struct {
 	// NotLocal gives the --detect-local-mode matches for the node (nil:
 	// ClusterCIDR mode).
 	NotLocal func(node servicecache.Node) map[iptables.Family][]string
+	// Guard is what external, load-balancer and endpoint addresses are
+	// checked against before planning (pkg/guard): AllowedCIDRs and
+	// ServiceCIDRs from the flags. ClusterCIDRs defaults to ClusterCIDRs
+	// above, and LocalAddresses are the host's at each sync.
+	Guard guard.Config
 }
 
 // ServiceHealth serves the healthCheckNodePorts of externalTrafficPolicy:
@@ -62,7 +68,7 @@ type Options struct {
 	// Conntrack, when set, removes stale UDP conntrack entries.
 	Conntrack conntrack.Cleaner
 	// Events, when set, records a Warning Event on a Service the first
-	// time the planner reports a problem with it.
+	// time the planner or the guard reports a problem with it.
 	Events events.Recorder
 	// Sysctls, when set, is called on every full sync to put back the
 	// kernel parameters the proxy needs, should something have changed
@@ -98,10 +104,12 @@ type Proxier struct {
 	lastNode   servicecache.Node
 	reconciled bool
 	problems   []string
-	// reported holds, per Service, the planner problems already logged
-	// and recorded as Events: each is reported once, again only after it
-	// went away and came back.
-	reported map[servicecache.ServiceKey][]ipvs.Problem
+	// planProblems and guardProblems report the IPVS planner's and the
+	// guard's problems with Services, each once.
+	planProblems  problemLog
+	guardProblems problemLog
+	// guard drops the addresses that must not be programmed.
+	guard guard.Guard
 
 	// ctLast is the last snapshot whose conntrack cleanup succeeded, and
 	// ctPrevious whether it is the snapshot just before the current one.
@@ -115,7 +123,12 @@ func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error),
 	if cfg.NodePortAddresses == nil {
 		cfg.NodePortAddresses = func(a []netip.Addr) []netip.Addr { return a }
 	}
-	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health, opts: opts}
+	if cfg.Guard.ClusterCIDRs == nil {
+		cfg.Guard.ClusterCIDRs = cfg.ClusterCIDRs
+	}
+	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health, opts: opts,
+		planProblems:  problemLog{logMessage: "Service programmed with a workaround"},
+		guardProblems: problemLog{logMessage: "Service address refused"}}
 }
 
 // IPVSConfig is the planner configuration for the given snapshot and
@@ -143,6 +156,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if err != nil {
 		return fmt.Errorf("listing the node's addresses: %w", err)
 	}
+	snap = p.filter(snap, local)
 	ic := p.IPVSConfig(snap, local)
 	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || snap.Node.Name != p.lastNode.Name || snap.Node.Zone != p.lastNode.Zone {
 		full = true
@@ -157,7 +171,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	ipvsOK := false
 	if full {
 		d := ipvs.Plan(snap, ic)
-		p.reportProblems(snap, nil, d.Problems)
+		p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
 		if err := p.ipvs.Reconcile(d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
@@ -165,7 +179,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	} else {
 		d := ipvs.PlanServices(snap, snap.Changed, ic)
-		p.reportProblems(snap, snap.Changed, d.Problems)
+		p.planProblems.report(p.opts.Events, snap, snap.Changed, planProblems(d.Problems))
 		if err := p.ipvs.ApplyServices(snap.Changed, d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
@@ -269,47 +283,116 @@ func (p *Proxier) cleanConntrack(snap *servicecache.Snapshot, nodePortAddrs []ne
 	p.ctLast, p.ctPrevious = snap, true
 }
 
-// reportProblems logs the planner's problems and records them as Events,
-// each once: probs are the problems of the Services in keys (of every
-// Service when keys is nil, a full plan).
-func (p *Proxier) reportProblems(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, probs []ipvs.Problem) {
-	now := map[servicecache.ServiceKey][]ipvs.Problem{}
+// filter drops the addresses the guard refuses from snap and reports them.
+// A Service whose refusals differ from the last sync's joins Changed even
+// if it did not change itself (a VIP of another Service it was checked
+// against came or went), so that an incremental sync re-plans it.
+func (p *Proxier) filter(snap *servicecache.Snapshot, local []netip.Addr) *servicecache.Snapshot {
+	gc := p.cfg.Guard
+	gc.LocalAddresses = local
+	out, probs := p.guard.Filter(snap, gc)
+	list := make([]problem, len(probs))
+	for i, pr := range probs {
+		list[i] = problem(pr)
+	}
+	changed := p.guardProblems.report(p.opts.Events, out, nil, list)
+	if extra := slices.DeleteFunc(changed, func(k servicecache.ServiceKey) bool {
+		_, found := slices.BinarySearchFunc(snap.Changed, k, compareKeys)
+		return found
+	}); len(extra) > 0 {
+		c := *out
+		c.Changed = append(slices.Clone(snap.Changed), extra...)
+		slices.SortFunc(c.Changed, compareKeys)
+		out = &c
+	}
+	return out
+}
+
+func compareKeys(a, b servicecache.ServiceKey) int {
+	switch {
+	case a.Less(b):
+		return -1
+	case b.Less(a):
+		return 1
+	}
+	return 0
+}
+
+// problem is a planner's or the guard's problem with a Service (ipvs.Problem
+// and guard.Problem convert to it).
+type problem struct {
+	Service servicecache.ServiceKey
+	Reason  string
+	Message string
+}
+
+func planProblems(probs []ipvs.Problem) []problem {
+	out := make([]problem, len(probs))
+	for i, pr := range probs {
+		out[i] = problem(pr)
+	}
+	return out
+}
+
+// problemLog logs problems with Services and records them as Warning
+// Events, each once: again only after it went away and came back.
+type problemLog struct {
+	logMessage string
+	// reported holds, per Service, the problems already reported.
+	reported map[servicecache.ServiceKey][]problem
+}
+
+// report reports the new ones of probs, the problems of the Services in
+// keys (of every Service when keys is nil, a full plan), and returns the
+// Services whose problems differ from those reported before, sorted.
+func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, keys []servicecache.ServiceKey, probs []problem) []servicecache.ServiceKey {
+	now := map[servicecache.ServiceKey][]problem{}
 	for _, pr := range probs {
 		now[pr.Service] = append(now[pr.Service], pr)
 	}
-	if keys == nil {
-		for k := range p.reported {
-			if _, ok := now[k]; !ok {
-				delete(p.reported, k)
+	var changed []servicecache.ServiceKey
+	gone := func(k servicecache.ServiceKey) {
+		if _, ok := now[k]; !ok {
+			if _, was := l.reported[k]; was {
+				changed = append(changed, k)
+				delete(l.reported, k)
 			}
+		}
+	}
+	if keys == nil {
+		for k := range l.reported {
+			gone(k)
 		}
 	} else {
 		for _, k := range keys {
-			if _, ok := now[k]; !ok {
-				delete(p.reported, k)
-			}
+			gone(k)
 		}
 	}
-	if p.reported == nil {
-		p.reported = map[servicecache.ServiceKey][]ipvs.Problem{}
+	if l.reported == nil {
+		l.reported = map[servicecache.ServiceKey][]problem{}
 	}
 	for k, list := range now {
-		old := p.reported[k]
+		old := l.reported[k]
+		if !slices.Equal(old, list) {
+			changed = append(changed, k)
+		}
 		for _, pr := range list {
 			if slices.Contains(old, pr) {
 				continue
 			}
-			klog.InfoS("Service programmed with a workaround", "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
-			if p.opts.Events != nil {
+			klog.InfoS(l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
+			if rec != nil {
 				var uid types.UID
 				if svc := snap.Service(k); svc != nil {
 					uid = svc.UID
 				}
-				p.opts.Events.ServiceWarning(k, uid, pr.Reason, pr.Message)
+				rec.ServiceWarning(k, uid, pr.Reason, pr.Message)
 			}
 		}
-		p.reported[k] = list
+		l.reported[k] = list
 	}
+	slices.SortFunc(changed, compareKeys)
+	return changed
 }
 
 func (p *Proxier) notLocal(node servicecache.Node) map[iptables.Family][]string {
