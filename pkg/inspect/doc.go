@@ -30,7 +30,7 @@
 //	      "persistenceTimeout": 0,          // seconds, with "persistent"
 //	      "services": [                     // absent when kernelOnly; [] for "not a Service"
 //	        {"namespace": "kube-system", "name": "kube-dns", "portName": "dns-tcp",
-//	         "kind": "ClusterIP"}            // ClusterIP, ExternalIP, LoadBalancer or NodePort
+//	         "kind": "ClusterIP"}           // ClusterIP, ExternalIP, LoadBalancer or NodePort
 //	      ],
 //	      "realServers": [
 //	        {
@@ -44,7 +44,8 @@
 //	          "endpoint": {                 // absent when none (and when kernelOnly)
 //	            "slice": "kube-dns-7xk2p",
 //	            "targetRef": {"kind": "Pod", "namespace": "kube-system",
-//	                          "name": "coredns-5d78c9869d-x8x2v"},  // absent when none
+//	                          "name": "coredns-5d78c9869d-x8x2v"},
+//	                                        // absent when none; no "namespace" for a cluster-scoped object
 //	            "nodeName": "node-1",       // absent when unset
 //	            "ready": true, "serving": true, "terminating": false
 //	          }
