@@ -73,6 +73,8 @@ type Options struct {
 	// Conntrack holds the --conntrack-* flags: the conntrack table size and
 	// timeouts, set at start as kube-proxy does.
 	Conntrack ConntrackOptions
+	// Guard holds --external-ip-allowed-cidrs and --service-cidr (ours, not kube-proxy's).
+	Guard GuardOptions
 
 	// ExternalLocalFallback: with externalTrafficPolicy Local and no local
 	// endpoint, use the cluster's endpoints (upstream IPVS mode) instead of
@@ -179,6 +181,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"For externalTrafficPolicy: Local Services on a node without a local endpoint, send external traffic to the cluster's endpoints (upstream IPVS mode) instead of refusing it (upstream iptables and nftables modes, the default).")
 
 	o.Conntrack.AddFlags(fs)
+	o.Guard.AddFlags(fs)
 	fs.DurationVar(&o.HealthzAPIServerTimeout, "healthz-api-server-timeout", o.HealthzAPIServerTimeout,
 		"/healthz (read by load balancers) fails once the API server has not answered for this long, as the node's Services are then stale; /livez does not. 0 turns the check off.")
 

@@ -47,6 +47,10 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	guardCfg, err := o.Guard.Config()
+	if err != nil {
+		return err
+	}
 	excluded := func(a netip.Addr) bool { return ipvs.Excluded(ipvs.Config{ExcludeCIDRs: excludeCIDRs}, a) }
 
 	// The kernel first: without IPVS there is nothing to do, and the
@@ -137,6 +141,7 @@ func Run(ctx context.Context, o *Options) error {
 			return ResolveNodePortAddresses(npa, nodeAddrs)
 		},
 		ExcludeCIDRs:           excludeCIDRs,
+		Guard:                  guardCfg,
 		LocalFallbackToCluster: o.ExternalLocalFallback,
 		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,

@@ -19,6 +19,7 @@ func (o *Options) Validate() error {
 		}
 	}
 
+	add(o.Guard.Validate())
 	if _, err := o.ClusterCIDRPrefixes(); err != nil {
 		add(err)
 	}
