@@ -84,6 +84,6 @@ func (g *Guard) reusable(snap *servicecache.Snapshot, cfg Config) bool {
 }
 
 func sameConfig(a, b Config) bool {
-	return slices.Equal(a.AllowedCIDRs, b.AllowedCIDRs) && slices.Equal(a.LocalAddresses, b.LocalAddresses) &&
+	return slices.Equal(a.AllowedCIDRs, b.AllowedCIDRs) &&
 		slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && slices.Equal(a.ServiceCIDRs, b.ServiceCIDRs)
 }

@@ -2,10 +2,10 @@
 // before the planners see them:
 //
 //   - External and load-balancer IPs that would take over traffic meant
-//     for something else (CVE-2020-8554): the node's own addresses, pod
-//     and Service addresses, loopback, link-local, unspecified and
-//     multicast addresses, and, when an allowlist is configured, any
-//     address outside it.
+//     for something else (CVE-2020-8554): the node's own addresses (its
+//     Node object's), pod and Service addresses, loopback, link-local,
+//     unspecified and multicast addresses, and, when an allowlist is
+//     configured, any address outside it.
 //   - Endpoint addresses that would make the node forward Service traffic
 //     where an endpoint has no business sending it (CVE-2021-25740):
 //     loopback, link-local, unspecified and multicast addresses, and the
@@ -15,9 +15,11 @@
 // Service is programmed as usual. Each refusal comes back as a Problem the
 // caller logs and records as a Warning Event on the Service.
 //
-// Filter is pure and runs on every sync, over every Service: the VIPs an
-// endpoint is checked against are those of all Services, and the
-// iptables/ipset plan always covers all Services too.
+// Filter is pure and looks at every Service: the VIPs an endpoint is
+// checked against are those of all Services (and the iptables/ipset plan
+// covers all Services anyway). Guard gives the same result for the sync
+// loop at the cost of the changed Services only, as long as no VIP
+// changed.
 package guard
 
 import (
@@ -37,9 +39,6 @@ type Config struct {
 	// external and load-balancer IPs outside these ranges are refused.
 	// It never allows an address refused for another reason.
 	AllowedCIDRs []netip.Prefix
-	// LocalAddresses are the host's addresses (on its interfaces), refused
-	// as external and load-balancer IPs like the Node object's.
-	LocalAddresses []netip.Addr
 	// ClusterCIDRs is --cluster-cidr: pod addresses, refused as external
 	// and load-balancer IPs.
 	ClusterCIDRs []netip.Prefix
@@ -140,12 +139,9 @@ type filter struct {
 // load-balancer IPs that are accepted).
 func newFilter(snap *servicecache.Snapshot, cfg Config) *filter {
 	f := &filter{cfg: cfg, node: snap.Node,
-		nodeAddr: make(map[netip.Addr]bool, len(snap.Node.Addresses)+len(cfg.LocalAddresses)),
+		nodeAddr: make(map[netip.Addr]bool, len(snap.Node.Addresses)),
 		vips:     make(map[netip.Addr]vip, len(snap.Services)+len(snap.Services)/4)}
 	for _, a := range snap.Node.Addresses {
-		f.nodeAddr[a.Unmap()] = true
-	}
-	for _, a := range cfg.LocalAddresses {
 		f.nodeAddr[a.Unmap()] = true
 	}
 	for _, svc := range snap.Services {

@@ -43,8 +43,7 @@ var (
 	testNode = servicecache.Node{Name: "node1", Addresses: addrs("172.30.0.11", "fd00:172:30::11"),
 		PodCIDRs: prefixes("10.244.1.0/24", "fd00:10:244:1::/64")}
 	testConfig = Config{
-		LocalAddresses: addrs("172.17.0.1"),
-		ClusterCIDRs:   prefixes("10.244.0.0/16", "fd00:10:244::/56"),
+		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/56"),
 	}
 )
 
@@ -95,7 +94,10 @@ func TestFilterAddresses(t *testing.T) {
 		{name: "external IP: IPv6 multicast", ext: []string{"ff02::fb"}, refused: []refusal{ext("ff02::fb", "a multicast address")}},
 		{name: "external IP: the Node's IPv4 address", ext: []string{"172.30.0.11"}, refused: []refusal{ext("172.30.0.11", "an address of this node")}},
 		{name: "external IP: the Node's IPv6 address", ext: []string{"fd00:172:30::11"}, refused: []refusal{ext("fd00:172:30::11", "an address of this node")}},
-		{name: "external IP: a host interface's address", ext: []string{"172.17.0.1"}, refused: []refusal{ext("172.17.0.1", "an address of this node")}},
+		// A floating VIP (keepalived, kube-vip) sits on the interface of
+		// the node holding it: only the Node object's addresses are the
+		// node's own.
+		{name: "external IP: another address on the host is fine", ext: []string{"172.30.0.100"}},
 		{name: "external IP: IPv4 pod address", ext: []string{"10.244.3.4"}, refused: []refusal{ext("10.244.3.4", "in the cluster CIDR 10.244.0.0/16 (pod addresses)")}},
 		{name: "external IP: IPv6 pod address", ext: []string{"fd00:10:244:3::4"}, refused: []refusal{ext("fd00:10:244:3::4", "in the cluster CIDR fd00:10:244::/56 (pod addresses)")}},
 		{name: "external IP: the node's pod CIDR without --cluster-cidr", cfg: func(c *Config) { c.ClusterCIDRs = nil },

@@ -49,8 +49,8 @@ type Config struct {
 	NotLocal func(node servicecache.Node) map[iptables.Family][]string
 	// Guard is what external, load-balancer and endpoint addresses are
 	// checked against before planning (pkg/guard): AllowedCIDRs and
-	// ServiceCIDRs from the flags. ClusterCIDRs defaults to ClusterCIDRs
-	// above, and LocalAddresses are the host's at each sync.
+	// ServiceCIDRs from the flags; ClusterCIDRs defaults to ClusterCIDRs
+	// above.
 	Guard guard.Config
 }
 
@@ -156,7 +156,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if err != nil {
 		return fmt.Errorf("listing the node's addresses: %w", err)
 	}
-	snap = p.filter(snap, local)
+	snap = p.filter(snap)
 	ic := p.IPVSConfig(snap, local)
 	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || snap.Node.Name != p.lastNode.Name || snap.Node.Zone != p.lastNode.Zone {
 		full = true
@@ -287,10 +287,8 @@ func (p *Proxier) cleanConntrack(snap *servicecache.Snapshot, nodePortAddrs []ne
 // A Service whose refusals differ from the last sync's joins Changed even
 // if it did not change itself (a VIP of another Service it was checked
 // against came or went), so that an incremental sync re-plans it.
-func (p *Proxier) filter(snap *servicecache.Snapshot, local []netip.Addr) *servicecache.Snapshot {
-	gc := p.cfg.Guard
-	gc.LocalAddresses = local
-	out, probs := p.guard.Filter(snap, gc)
+func (p *Proxier) filter(snap *servicecache.Snapshot) *servicecache.Snapshot {
+	out, probs := p.guard.Filter(snap, p.cfg.Guard)
 	list := make([]problem, len(probs))
 	for i, pr := range probs {
 		list[i] = problem(pr)

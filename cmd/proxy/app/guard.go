@@ -39,7 +39,7 @@ func (g *GuardOptions) Validate() error {
 }
 
 // Config returns the guard configuration of the flags; the proxier adds
-// the cluster CIDRs and the node's addresses.
+// the cluster CIDRs (the node's addresses come with each snapshot).
 func (g *GuardOptions) Config() (guard.Config, error) {
 	allowed, err1 := parseGuardCIDRs("--external-ip-allowed-cidrs", g.ExternalIPAllowedCIDRs)
 	for _, p := range allowed {
