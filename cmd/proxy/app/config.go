@@ -528,6 +528,12 @@ func (o *Options) flagOnly() []string {
 	if o.HealthzAPIServerTimeout != DefaultHealthzAPIServerTimeout {
 		out = append(out, "--healthz-api-server-timeout")
 	}
+	if len(o.Guard.ExternalIPAllowedCIDRs) > 0 {
+		out = append(out, "--external-ip-allowed-cidrs")
+	}
+	if len(o.Guard.ServiceCIDRs) > 0 {
+		out = append(out, "--service-cidr")
+	}
 	if o.Cleanup {
 		out = append(out, "--cleanup")
 	}
