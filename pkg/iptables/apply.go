@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 )
 
 // Applier makes the kernel match a Desired plan, touching only what
@@ -108,6 +110,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 				errs = append(errs, err)
 				continue
 			}
+			metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPSet, metrics.OpList).Inc()
 			listed, err := a.IPSet.ListEntries(sp.Spec)
 			if err != nil {
 				errs = append(errs, err)
@@ -130,6 +133,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 			continue
 		}
 		ch.EntriesAdded += len(d.add)
+		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPSet, metrics.OpAdd).Add(float64(len(d.add)))
 	}
 
 	// 3. Rewrite the chains that differ, all in one restore.
@@ -140,6 +144,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 			continue
 		}
 		// iptables-save -t TABLE
+		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpList).Inc()
 		chains, err := tables.ListTable(t)
 		if err != nil {
 			errs = append(errs, err)
@@ -164,6 +169,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 			errs = append(errs, err)
 			restored = false
 		} else {
+			metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpUpdate).Inc()
 			for _, c := range write {
 				ch.ChainsWritten = append(ch.ChainsWritten, fmt.Sprintf("%v %s/%s", p.Family, c.Table, c.Name))
 			}
@@ -204,6 +210,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 			errs = append(errs, err)
 			continue
 		}
+		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpAdd).Inc()
 		ch.JumpsInserted = append(ch.JumpsInserted, fmt.Sprintf("%v %s/%s -> %s", p.Family, j.Table, j.From, j.To))
 	}
 
@@ -217,6 +224,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 			continue
 		}
 		ch.EntriesDeleted += len(d.del)
+		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPSet, metrics.OpDelete).Add(float64(len(d.del)))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)

@@ -7,10 +7,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
@@ -73,6 +75,8 @@ type Applier struct {
 	// draining holds the real servers being drained, with the time they
 	// are deleted at the latest. They are in observed, with weight 0.
 	draining map[VSKey]map[RSKey]time.Time
+	// changed counts the ops that succeeded (TakeChanged).
+	changed atomic.Int64
 }
 
 // ApplierOptions are the Applier's settings; the zero value is the plain
@@ -118,6 +122,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 	if err := a.links.EnsureLink(); err != nil {
 		return fmt.Errorf("ip link add %s type dummy: %w", DummyLinkName, err)
 	}
+	// ipvsadm -Sn; ip addr show dev kube-ipvs0
+	metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPVS, metrics.OpList).Inc()
 	kernel, err := ReadKernel(a.ipvs, a.links)
 	if err != nil {
 		return err
@@ -366,6 +372,8 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 			continue
 		}
 		ok[i] = true
+		a.changed.Add(1)
+		countOp(op.Kind)
 		switch op.Kind {
 		case OpAddAddress:
 			a.addrs[op.Addr] = struct{}{}
@@ -402,6 +410,27 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 		klog.V(2).InfoS("Applied IPVS changes", "ops", len(ops), "failed", len(errs))
 	}
 	return ok, errors.Join(errs...)
+}
+
+// TakeChanged returns how many kernel objects the applier changed since
+// the last call (for kubeipvsproxy_sync_objects_changed).
+func (a *Applier) TakeChanged() int { return int(a.changed.Swap(0)) }
+
+// countOp counts a kernel operation that succeeded
+// (kubeipvsproxy_netlink_operations_total).
+func countOp(k OpKind) {
+	sub, op := metrics.SubsystemIPVS, metrics.OpUpdate
+	switch k {
+	case OpAddAddress, OpDeleteAddress:
+		sub = metrics.SubsystemAddress
+	}
+	switch k {
+	case OpAddAddress, OpAddService, OpAddDestination:
+		op = metrics.OpAdd
+	case OpDeleteAddress, OpDeleteService, OpDeleteDestination:
+		op = metrics.OpDelete
+	}
+	metrics.NetlinkOperationsTotal.WithLabelValues(sub, op).Inc()
 }
 
 // do runs one op against the kernel.

@@ -3,12 +3,15 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
@@ -74,5 +77,58 @@ func TestSysctlsOnFullSyncs(t *testing.T) {
 	}
 	if calls != 2 {
 		t.Fatalf("sysctls ensured %d times over two full and two incremental syncs, want 2", calls)
+	}
+}
+
+// A periodic resync that finds a virtual server deleted behind the proxy's
+// back puts it back and counts it as drift; one after a real change does
+// not count.
+func TestDriftIsCounted(t *testing.T) {
+	f := newFixture()
+	svc := web("10.244.1.2")
+	metrics.Register()
+	drift := func() float64 {
+		mfs, err := legacyregistry.DefaultGatherer.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "kubeipvsproxy_drift_repaired_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "subsystem" && lp.GetValue() == metrics.SubsystemIPVS {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	sync := func(changed bool) {
+		t.Helper()
+		snap := &servicecache.Snapshot{Services: []*servicecache.Service{svc}, Node: node}
+		if changed {
+			snap.Changed = []servicecache.ServiceKey{svc.Key}
+		}
+		f.snaps.queue = []*servicecache.Snapshot{snap}
+		if err := f.p.Sync(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync(true)
+	before := drift()
+	sync(false)
+	if got := drift() - before; got != 0 {
+		t.Fatalf("a resync with nothing changed counted %v drift", got)
+	}
+	key := ipvs.VSKey{Proto: ipvs.ProtoTCP, Addr: netip.MustParseAddr("10.96.0.10"), Port: 80}
+	if err := f.ipvs.DeleteService(key); err != nil {
+		t.Fatal(err)
+	}
+	sync(false)
+	if got := drift() - before; got != 2 { // the virtual server and its real server
+		t.Fatalf("repairing a deleted virtual server counted %v drift, want 2", got)
 	}
 }

@@ -103,6 +103,8 @@ type Proxier struct {
 	lastIPVS   ipvs.Config
 	lastNode   servicecache.Node
 	reconciled bool
+	// lastOK: the last sync succeeded (for telling drift from retries).
+	lastOK bool
 	problems   []string
 	// planProblems and guardProblems report the IPVS planner's and the
 	// guard's problems with Services, each once.
@@ -158,9 +160,14 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	}
 	snap = p.filter(snap)
 	ic := p.IPVSConfig(snap, local)
-	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || snap.Node.Name != p.lastNode.Name || snap.Node.Zone != p.lastNode.Zone {
+	sameNode := snap.Node.Name == p.lastNode.Name && snap.Node.Zone == p.lastNode.Zone
+	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || !sameNode {
 		full = true
 	}
+	// A periodic resync after a successful sync, with nothing changed in
+	// the API or the node: whatever it changes in the kernel was drift.
+	quiet := full && p.reconciled && p.lastOK && len(snap.Changed) == 0 && sameIPVSConfig(ic, p.lastIPVS) && sameNode
+	p.ipvs.TakeChanged() // draining deletions between syncs are not this sync's
 
 	var errs []error
 	if full && p.opts.Sysctls != nil {
@@ -226,6 +233,22 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iptables/ipset: %w", err))
 	}
+
+	ipvsChanged := p.ipvs.TakeChanged()
+	setsChanged := changes.EntriesAdded + changes.EntriesDeleted
+	chainsChanged := len(changes.ChainsWritten) + len(changes.JumpsInserted)
+	metrics.SyncObjectsChanged.WithLabelValues(metrics.SubsystemIPVS).Observe(float64(ipvsChanged))
+	metrics.SyncObjectsChanged.WithLabelValues(metrics.SubsystemIPSet).Observe(float64(setsChanged))
+	metrics.SyncObjectsChanged.WithLabelValues(metrics.SubsystemIPTables).Observe(float64(chainsChanged))
+	if quiet {
+		for sub, n := range map[string]int{metrics.SubsystemIPVS: ipvsChanged, metrics.SubsystemIPSet: setsChanged, metrics.SubsystemIPTables: chainsChanged} {
+			if n > 0 {
+				metrics.DriftRepairedTotal.WithLabelValues(sub).Add(float64(n))
+				klog.InfoS("Repaired kernel state changed outside the proxy", "subsystem", sub, "objects", n)
+			}
+		}
+	}
+	p.lastOK = len(errs) == 0
 
 	elapsed := metrics.SinceInSeconds(start)
 	for _, f := range p.cfg.Families {

@@ -22,6 +22,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 )
 
 // sliceServiceIndex indexes EndpointSlices by "namespace/service".
@@ -281,6 +283,8 @@ func (c *Cache) onService(obj any) {
 		c.logger.Error(nil, "Ignoring unexpected object in Service event", "type", fmt.Sprintf("%T", obj))
 		return
 	}
+	metrics.ServiceChangesTotal.Inc()
+	metrics.ServiceChangesPending.Inc()
 	c.markDirty(key)
 }
 
@@ -327,6 +331,8 @@ func (c *Cache) onSlice(obj any, deleted bool) {
 	}
 	c.mu.Unlock()
 	if hadPrev || hasOwner {
+		metrics.EndpointChangesTotal.Inc()
+		metrics.EndpointChangesPending.Inc()
 		c.notify()
 	}
 }
@@ -382,6 +388,10 @@ func (c *Cache) Snapshot() *Snapshot {
 	c.mu.Lock()
 	dirty := c.dirty
 	c.dirty = make(map[ServiceKey]struct{}, len(dirty))
+	// What was pending is taken into this snapshot (upstream resets the
+	// gauges when a sync takes the changes).
+	metrics.ServiceChangesPending.Set(0)
+	metrics.EndpointChangesPending.Set(0)
 	node := c.node
 	triggers := c.triggers
 	c.triggers = nil

@@ -152,6 +152,7 @@ func Run(ctx context.Context, o *Options) error {
 	cache.OnChange(func() {
 		for _, f := range families {
 			health.QueuedUpdate(familyOf(f))
+			metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(familyOf(f))).SetToCurrentTime()
 		}
 		r.Trigger()
 	})
