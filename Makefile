@@ -6,7 +6,7 @@ PROXY ?= ours
 export PROXY
 LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
 
-.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint
+.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint bench
 
 build:
 	@mkdir -p $(BIN)
@@ -35,6 +35,13 @@ unit:
 
 e2e: lab-deps lab-tools lab-bins
 	go test -tags e2e -count=1 -v -timeout 80m ./test/e2e/...
+
+# Ours against upstream kube-proxy in IPVS mode in the lab VM, and the
+# kernel's floor: _output/bench/results.md and results.csv. Takes over an
+# hour with the defaults; BENCH_* settings in docs/benchmarks.md.
+bench: lab-deps lab-tools lab-bins
+	@go build -o $(BIN)/ ./test/lab/cmd/labbench ./test/bench/cmd/bench
+	@$(BIN)/bench
 
 # Everything: unit tests (with real ipsets/iptables in fresh network
 # namespaces), then the end-to-end suite in the lab.
