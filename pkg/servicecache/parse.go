@@ -13,7 +13,10 @@ import (
 // IPv4 octets with leading zeros ("010.0.0.1") are decimal, as in
 // k8s.io/utils/net.ParseIPSloppy, so objects created before stricter
 // validation still work. IPv4-mapped IPv6 addresses are unmapped (net.ParseIP
-// treats them as IPv4 too). Zoned IPv6 addresses are rejected.
+// treats them as IPv4 too). Zoned IPv6 addresses are rejected, and so are
+// the unspecified ones (0.0.0.0, ::): no Service or endpoint can use them,
+// the IPVS planner ignores them, and the kernel refuses them in the
+// hash:ip and hash:ip,port ipsets, failing the add of every entry after.
 func parseAddr(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
@@ -25,7 +28,10 @@ func parseAddr(s string) (netip.Addr, error) {
 	if a.Zone() != "" {
 		return netip.Addr{}, fmt.Errorf("invalid IP %q: zone not allowed", s)
 	}
-	return a.Unmap(), nil
+	if a = a.Unmap(); a.IsUnspecified() {
+		return netip.Addr{}, fmt.Errorf("invalid IP %q: unspecified address", s)
+	}
+	return a, nil
 }
 
 // parseLegacyIPv4 accepts dotted-quad IPv4 with leading zeros.
