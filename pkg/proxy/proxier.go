@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -104,8 +105,8 @@ type Proxier struct {
 	lastNode   servicecache.Node
 	reconciled bool
 	// lastOK: the last sync succeeded (for telling drift from retries).
-	lastOK bool
-	problems   []string
+	lastOK   bool
+	problems []string
 	// planProblems and guardProblems report the IPVS planner's and the
 	// guard's problems with Services, each once.
 	planProblems  problemLog
@@ -392,7 +393,9 @@ func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, ke
 	if l.reported == nil {
 		l.reported = map[servicecache.ServiceKey][]problem{}
 	}
-	for k, list := range now {
+	// In key order: Events and log lines come out the same way each time.
+	for _, k := range slices.SortedFunc(maps.Keys(now), compareKeys) {
+		list := now[k]
 		old := l.reported[k]
 		if !slices.Equal(old, list) {
 			changed = append(changed, k)
