@@ -6,7 +6,7 @@ PROXY ?= ours
 export PROXY
 LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
 
-.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint bench
+.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint bench fuzz
 
 build:
 	@mkdir -p $(BIN)
@@ -48,6 +48,14 @@ bench: lab-deps lab-tools lab-bins
 test: lab-deps lab-tools lab-bins
 	go test -race -count=1 ./...
 	go test -tags e2e -count=1 -v -timeout 80m ./test/e2e/...
+
+# Fuzz the service cache and both planners (FUZZTIME each; the seed
+# corpora also run as plain unit tests in `make unit`).
+FUZZTIME ?= 3m
+fuzz:
+	go test -run='^$$' -fuzz='^FuzzConvertAndMerge$$' -fuzztime=$(FUZZTIME) -parallel=1 ./pkg/servicecache/
+	go test -run='^$$' -fuzz='^FuzzIPVSPlan$$' -fuzztime=$(FUZZTIME) -parallel=1 ./pkg/ipvs/
+	go test -run='^$$' -fuzz='^FuzzIptablesPlan$$' -fuzztime=$(FUZZTIME) -parallel=1 ./pkg/iptables/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
