@@ -195,11 +195,20 @@ func convertExternal(svc *v1.Service, s *Service, fams ipFamilies, notes []strin
 	return notes
 }
 
+// maxAffinitySeconds is the API's limit on a session affinity timeout
+// (core validation's MaxClientIPServiceAffinitySeconds, one day).
+const maxAffinitySeconds = 86400
+
 func convertPolicies(svc *v1.Service, s *Service, notes []string) []string {
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		s.AffinityTimeoutSeconds = v1.DefaultClientIPServiceAffinitySeconds
 		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			if t := *c.ClientIP.TimeoutSeconds; t > 0 {
+			if t := *c.ClientIP.TimeoutSeconds; t > maxAffinitySeconds {
+				// The API's maximum; larger ones would overflow the
+				// kernel's persistence timeout.
+				s.AffinityTimeoutSeconds = maxAffinitySeconds
+				notes = append(notes, fmt.Sprintf("sessionAffinity timeout %d capped at %d", t, s.AffinityTimeoutSeconds))
+			} else if t > 0 {
 				s.AffinityTimeoutSeconds = t
 			} else {
 				notes = append(notes, fmt.Sprintf("sessionAffinity timeout %d ignored: using default %d", t, s.AffinityTimeoutSeconds))
