@@ -6,11 +6,17 @@ PROXY ?= ours
 export PROXY
 LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
 
-.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint bench fuzz
+.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint image bench fuzz
 
 build:
 	@mkdir -p $(BIN)
 	go build -o $(BIN)/kube-ipvs-proxy ./cmd/proxy
+
+# The container image: `docker build` (or podman) when a daemon answers,
+# otherwise a root filesystem and an OCI archive built from Debian packages
+# in _output/image (hack/build-image.sh). IMAGE=REGISTRY/NAME:TAG names it.
+image:
+	@bash hack/build-image.sh
 
 # Debian packages, the lab kernel and its initramfs (idempotent).
 lab-deps:
