@@ -10,8 +10,10 @@
 #   docker, podman  `build` with the Dockerfile, tagged $IMAGE
 #   rootfs          no base image and no registry: a minimal Debian bookworm
 #                   bootstrapped from the Debian mirror apt uses (debootstrap
-#                   --variant=minbase, cached under $LAB_CACHE/image-rootfs),
-#                   with iptables and kmod, the static binary in
+#                   --variant=minbase, MIRROR and SECURITY_MIRROR override),
+#                   upgraded from bookworm-updates and bookworm-security,
+#                   with iptables and kmod (cached for a week under
+#                   $LAB_CACHE/image-rootfs), the static binary in
 #                   /usr/local/bin and the iptables wrapper. It writes
 #     _output/image/rootfs/                  the root filesystem
 #     _output/image/rootfs.tar               the same as one tarball (one layer)
@@ -123,21 +125,17 @@ finish_rootfs() {
   fi
 }
 
-# The main archive's URI from apt's sources (deb822 or one-line), unless
-# MIRROR is set.
-debian_mirror() {
-  if [ -n "${MIRROR:-}" ]; then
-    echo "$MIRROR"
-    return
-  fi
-  local m
+# apt_uri security|main: the URI of Debian's security archive or of its
+# main one, from apt's sources (deb822 or one-line).
+apt_uri() {
+  local want=$1 m
   m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
+    awk -v want="$want" '/^URIs:/ { for (i = 2; i <= NF; i++) if (($i ~ /security/) == (want == "security")) { print $i; exit } }')
   if [ -z "$m" ]; then
     m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-      awk '$1 == "deb" && $2 !~ /security/ { print ($2 ~ /^\[/ ? $3 : $2); exit }')
+      awk -v want="$want" '$1 == "deb" { u = ($2 ~ /^\[/ ? $3 : $2); if ((u ~ /security/) == (want == "security")) { print u; exit } }')
   fi
-  echo "${m:-http://deb.debian.org/debian}"
+  echo "$m"
 }
 
 need() { # need COMMAND PACKAGE: install a Debian package for a missing command
@@ -147,26 +145,40 @@ need() { # need COMMAND PACKAGE: install a Debian package for a missing command
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
 }
 
-# base_rootfs: debootstrap's output, cached: rebuilt only when the suite,
-# packages or architecture change (or when the cache is removed).
+# base_rootfs: debootstrap's output with the suite's updates and security
+# updates, cached: rebuilt when the suite, packages or architecture change,
+# when it is a week old (to pick up new security updates), or when the cache
+# is removed.
 base_rootfs() {
   local base=$LAB_CACHE/image-rootfs key
   key="$SUITE $PACKAGES $(dpkg --print-architecture) minbase"
-  if [ -f "$base.key" ] && [ "$(cat "$base.key")" = "$key" ] && [ -x "$base/usr/sbin/iptables-nft" ]; then
+  if [ -f "$base.key" ] && [ "$(cat "$base.key")" = "$key" ] && [ -x "$base/usr/sbin/iptables-nft" ] &&
+    [ -n "$(find "$base.key" -mtime -7)" ]; then
     log "reusing $base"
     return
   fi
   [ "$(id -u)" = 0 ] || { log "debootstrap needs root"; exit 1; }
   need debootstrap debootstrap
-  local mirror tmp
-  mirror=$(debian_mirror)
+  local mirror security tmp logf=$LAB_CACHE/image-rootfs.log
+  mirror=${MIRROR:-$(apt_uri main)}
+  mirror=${mirror:-http://deb.debian.org/debian}
+  security=${SECURITY_MIRROR:-$(apt_uri security)}
+  security=${security:-http://deb.debian.org/debian-security}
   tmp=$base.tmp
   rm -rf "$tmp" "$base" "$base.key"
   mkdir -p "$LAB_CACHE"
-  log "debootstrap --variant=minbase --include=$PACKAGES $SUITE from $mirror (a few minutes, once)"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$mirror" >"$LAB_CACHE/image-rootfs.log" 2>&1 || {
-    tail -n 30 "$LAB_CACHE/image-rootfs.log" >&2
-    log "debootstrap failed; its log is $LAB_CACHE/image-rootfs.log"
+  log "debootstrap --variant=minbase --include=$PACKAGES $SUITE from $mirror (a minute or two, once a week)"
+  {
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$mirror" &&
+      printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+        "$mirror" "$SUITE" "$mirror" "$SUITE" "$security" "$SUITE" >"$tmp/etc/apt/sources.list" &&
+      unshare -m --propagation private sh -ec 'mount -t proc proc "$1/proc"
+        chroot "$1" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive chroot "$1" apt-get upgrade -y -qq
+        chroot "$1" apt-get clean' sh "$tmp"
+  } >"$logf" 2>&1 || {
+    tail -n 30 "$logf" >&2
+    log "building the base root filesystem failed; its log is $logf"
     exit 1
   }
   mv "$tmp" "$base"
