@@ -39,6 +39,7 @@ const (
 	extLBIP        = "192.0.2.20" // TestLoadBalancerSourceRanges
 	extLBProxyIP   = "192.0.2.21" // the same Service's ipMode: Proxy ingress
 	extLocalLBIP   = "192.0.2.30" // TestExternalTrafficPolicyLocal
+	extGuardIP     = "192.0.2.40" // TestAddressGuard
 	extFilterPort  = 9999         // TestIPVSFilter: a port no Service uses
 	extFailTimeout = "2s"         // per request, when a request must fail
 )

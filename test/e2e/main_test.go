@@ -68,6 +68,7 @@ func run(m *testing.M) int {
 	}
 	tests := time.Now()
 	code := m.Run()
+	printFaultTable()
 	fmt.Printf("e2e: phase scenarios took %.0fs\n", time.Since(tests).Seconds())
 	if os.Getenv("LAB_KEEP") == "1" {
 		fmt.Println("e2e: LAB_KEEP=1: the lab stays up (`lab down` removes it)")

@@ -12,11 +12,15 @@ import (
 )
 
 // Target names where a command runs: "vm" (the VM's root namespace), a node
-// ("node1"), or a pod ("pod/NAMESPACE/NAME", its network namespace).
+// ("node1"), a pod ("pod/NAMESPACE/NAME", its network namespace, looked up
+// through the API server) or a network namespace by name ("netns/NAME",
+// which needs no API server: see PodTarget).
 func (c Config) targetNetns(ctx context.Context, target string) (string, error) {
 	switch {
 	case target == "vm":
 		return "", nil
+	case strings.HasPrefix(target, "netns/"):
+		return strings.TrimPrefix(target, "netns/"), nil
 	case strings.HasPrefix(target, "pod/"):
 		parts := strings.Split(target, "/")
 		if len(parts) != 3 {
@@ -37,6 +41,16 @@ func (c Config) targetNetns(ctx context.Context, target string) (string, error) 
 		}
 		return target, nil
 	}
+}
+
+// PodTarget resolves a "pod/NAMESPACE/NAME" target to its "netns/NAME"
+// form, which keeps working while the API server is away.
+func (c Config) PodTarget(ctx context.Context, target string) (string, error) {
+	ns, err := c.targetNetns(ctx, target)
+	if err != nil {
+		return "", err
+	}
+	return "netns/" + ns, nil
 }
 
 // PodNetns is the network namespace the lab kubelet makes for a pod.

@@ -1,0 +1,118 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// builtinDuplicates returns the rules that appear more than once in a
+// built-in chain (a jump inserted twice by two proxies).
+func builtinDuplicates(t *testing.T, node string) []string {
+	t.Helper()
+	var dups []string
+	for _, table := range []string{"nat", "filter"} {
+		seen := map[string]int{}
+		for _, l := range strings.Split(nodeOutput(t, node, "iptables-save", "-t", table), "\n") {
+			if !strings.HasPrefix(l, "-A ") {
+				continue
+			}
+			chain := strings.Fields(l)[1]
+			if strings.HasPrefix(chain, "KUBE-") {
+				continue
+			}
+			seen[l]++
+		}
+		for l, n := range seen {
+			if n > 1 {
+				dups = append(dups, fmt.Sprintf("%s: %dx %s", table, n, l))
+			}
+		}
+	}
+	return dups
+}
+
+// Switching a live node between upstream kube-proxy (IPVS mode) and ours,
+// both ways, with no cleanup in between: the other proxy takes over the
+// state the first left (same virtual servers, ipset and chain names), then
+// the proxy under test takes it back while traffic flows. No request or
+// long-lived connection fails, the Service's state ends as it began, and
+// no rule is duplicated in a built-in chain.
+func TestSwitchBetweenProxies(t *testing.T) {
+	const (
+		node = "node1"
+		hold = 40 * time.Second
+		long = 1
+	)
+	ctx := context.Background()
+	app := newEchoApp(t, "e2e-switch", 2)
+	pod := "pod/" + app.ns + "/" + app.podNames()[0]
+	vip := app.clusterIP() + ":80"
+	before := app.ownedState(t, node)
+	t.Cleanup(func() {
+		// Whatever happened, node1 ends with the proxy under test.
+		if running, argv, err := lab.ProxyRunning(context.Background(), node); err == nil && running && lab.ProxyHasDefaultArgs(node, argv) {
+			return
+		}
+		if err := lab.RestartProxyWithArgs(context.Background(), node, nil); err != nil {
+			t.Errorf("cleanup: restoring the proxy under test on %s: %v", node, err)
+		} else if err := lab.WaitProxyHealthy(context.Background(), node, 3*time.Minute); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+
+	l := startLoad(t, node, pod, vip, long, hold)
+	time.Sleep(2 * time.Second)
+	var steps []string
+	switchTo := func(name string, start func() error) {
+		t.Helper()
+		began := time.Now()
+		if err := lab.StopProxy(ctx, node); err != nil {
+			t.Fatalf("step: stopping the proxy on %s: %v", node, err)
+		}
+		if err := start(); err != nil {
+			t.Fatalf("step: starting %s on %s: %v", name, node, err)
+		}
+		if err := lab.WaitProxyHealthy(ctx, node, 3*time.Minute); err != nil {
+			t.Fatalf("step: %s on %s: %v", name, node, err)
+		}
+		// Both proxies program the same virtual servers and set entries;
+		// their chains may differ in detail.
+		lcEventually(t, node+": "+name+" keeps the Service's virtual servers and set entries", propagateTimeout, func() (bool, string) {
+			now := serviceLines(app.ownedState(t, node))
+			return now == serviceLines(before), "before:\n" + before + "\nnow:\n" + now
+		})
+		steps = append(steps, fmt.Sprintf("%s healthy after %.1fs", name, time.Since(began).Seconds()))
+		time.Sleep(5 * time.Second) // traffic through the new proxy's state
+	}
+	other, mine := lab.OtherProxy(), lab.Proxy
+	switchTo(other, func() error { return lab.StartOtherProxy(ctx, node) })
+	switchTo(mine, func() error { return lab.StartProxy(ctx, node) })
+	summary, failures := l.finish()
+	addFaultRow(faultRow{fmt.Sprintf("switch %s -> %s -> %s on a live node", mine, other, mine), loadDesc(long), summary, strings.Join(steps, ", ")})
+	if failures > 0 {
+		t.Errorf("%d requests or connections failed while switching proxies: %s", failures, summary)
+	}
+	lcEventually(t, node+": back to "+mine+", the state is the one it began with", propagateTimeout, func() (bool, string) {
+		now := app.ownedState(t, node)
+		return now == before, "before:\n" + before + "\nnow:\n" + now
+	})
+	if dups := builtinDuplicates(t, node); len(dups) > 0 {
+		t.Errorf("rules duplicated in built-in chains after the switches:\n%s", strings.Join(dups, "\n"))
+	}
+}
+
+// serviceLines keeps the virtual server and set entry lines of ownedState.
+func serviceLines(state string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(state, "\n") {
+		if strings.HasPrefix(l, "-A ") || strings.HasPrefix(l, "-a ") || strings.HasPrefix(l, "add ") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
