@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -204,11 +205,15 @@ func (a *echoApp) ownedState(t *testing.T, node string) string {
 // connection breaks, and the state is the same afterwards.
 func TestRestartsUnderLoad(t *testing.T) {
 	const (
-		node     = "node1"
-		restarts = 20
-		hold     = 60 * time.Second
-		long     = 2
+		node = "node1"
+		long = 2
 	)
+	// The soak by hand: E2E_SOAK_RESTARTS=500 make e2e (about 7 s each).
+	restarts := 20
+	if v, err := strconv.Atoi(os.Getenv("E2E_SOAK_RESTARTS")); err == nil && v > 0 {
+		restarts = v
+	}
+	hold := min(60*time.Second, time.Duration(restarts)*3*time.Second)
 	ctx := context.Background()
 	app := newEchoApp(t, "e2e-restarts", 2)
 	vip := app.clusterIP() + ":80"
