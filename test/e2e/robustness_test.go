@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/test/lab/labctl"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -158,5 +159,112 @@ func TestBadInputIsSkipped(t *testing.T) {
 			answers := request(t, n, "tcp", svc.Spec.ClusterIP+":80", 2)
 			requireAnsweredBy(t, fmt.Sprintf("%s -> %s", n, svc.Name), answers, app.podNames())
 		}
+	}
+}
+
+// Extreme and changing input: a slice of 1000 endpoints (the API's
+// maximum), a Service of 100 ports, a Service whose slice is empty, and a
+// Service flipping types (ClusterIP, NodePort, ExternalName, ClusterIP).
+// Each is programmed as far as it makes sense and the other Services keep
+// answering.
+func TestExtremeInput(t *testing.T) {
+	ctx := context.Background()
+	app := newEchoApp(t, "e2e-extreme", 1)
+	mk := func(name string, ports int) *v1.Service {
+		t.Helper()
+		s := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		for i := range ports {
+			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: fmt.Sprintf("p%d", i), Protocol: v1.ProtocolTCP,
+				Port: int32(1000 + i), TargetPort: intstr.FromInt32(int32(8000 + i))})
+		}
+		s, err := cs.CoreV1().Services(app.ns).Create(ctx, s, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("step: creating Service %s: %v", name, err)
+		}
+		return s
+	}
+	slice := func(svc string, addrs []string, ports int) {
+		t.Helper()
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+		}
+		for _, a := range addrs {
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+		}
+		for i := range ports {
+			es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: ptr.To(fmt.Sprintf("p%d", i)), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To(int32(8000 + i))})
+		}
+		if _, err := cs.DiscoveryV1().EndpointSlices(app.ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("step: creating the EndpointSlice of %s: %v", svc, err)
+		}
+	}
+
+	big := mk("big", 1)
+	var many []string
+	for i := range 1000 {
+		many = append(many, fmt.Sprintf("10.250.%d.%d", i/250, i%250+1))
+	}
+	slice("big", many, 1)
+	wide := mk("wide", 100)
+	slice("wide", []string{app.podIPs()[0]}, 100)
+	empty := mk("empty", 1)
+	slice("empty", nil, 1)
+
+	for _, n := range lab.NodeNames() {
+		lcEventually(t, n+": 1000 real servers behind "+big.Spec.ClusterIP+":1000", propagateTimeout, func() (bool, string) {
+			rs, _, err := lab.IPVSVirtualServer(ctx, n, "TCP", big.Spec.ClusterIP+":1000")
+			return err == nil && len(rs) == 1000, fmt.Sprintf("%d real servers (err %v)", len(rs), err)
+		})
+		lcEventually(t, n+": 100 virtual servers on "+wide.Spec.ClusterIP, propagateTimeout, func() (bool, string) {
+			out := nodeOutput(t, n, "ipvsadm", "-Sn")
+			c := strings.Count(out, "-A -t "+wide.Spec.ClusterIP+":")
+			return c == 100, fmt.Sprintf("%d virtual servers", c)
+		})
+		extWaitVS(t, n, "TCP", empty.Spec.ClusterIP+":1000", []string{})
+	}
+	requireAnsweredBy(t, "step: node1 -> one of the 100 ports", request(t, "node1", "tcp", wide.Spec.ClusterIP+":1080", 2), app.podNames())
+
+	// A Service flipping types.
+	flip := mk("flip", 1)
+	slice("flip", app.podIPs(), 1)
+	pods := app.podIPs()
+	extWaitVS(t, "node1", "TCP", flip.Spec.ClusterIP+":1000", pods)
+	update := func(step string, change func(*v1.Service)) *v1.Service {
+		t.Helper()
+		s, err := cs.CoreV1().Services(app.ns).Get(ctx, "flip", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(s)
+		s, err = cs.CoreV1().Services(app.ns).Update(ctx, s, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatalf("step: %s: %v", step, err)
+		}
+		return s
+	}
+	np := update("to NodePort", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort })
+	nodePortVS := fmt.Sprintf("%s:%d", labctl.NodeAddr(1), np.Spec.Ports[0].NodePort)
+	extWaitVS(t, "node1", "TCP", nodePortVS, pods)
+	update("back to ClusterIP", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeClusterIP
+		s.Spec.Ports[0].NodePort = 0
+	})
+	extWaitVS(t, "node1", "TCP", nodePortVS, nil)
+	oldIP := flip.Spec.ClusterIP
+	update("to ExternalName", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeExternalName
+		s.Spec.ExternalName = "example.com"
+		s.Spec.ClusterIP, s.Spec.ClusterIPs, s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = "", nil, nil, nil
+	})
+	extWaitVS(t, "node1", "TCP", oldIP+":1000", nil)
+	back := update("back to ClusterIP from ExternalName", func(s *v1.Service) {
+		s.Spec.Type, s.Spec.ExternalName = v1.ServiceTypeClusterIP, ""
+	})
+	extWaitVS(t, "node1", "TCP", back.Spec.ClusterIP+":1000", pods)
+
+	// Everything else still works.
+	for _, n := range lab.NodeNames() {
+		requireAnsweredBy(t, "step: "+n+" -> "+app.name, request(t, n, "tcp", app.clusterIP()+":80", 2), app.podNames())
 	}
 }
