@@ -173,7 +173,7 @@ func (b *bench) meta(ctx context.Context) []string {
 	}
 	return []string{
 		"date: " + time.Now().UTC().Format("2006-01-02 15:04 UTC") + "; host load average at the start: " + loadavg(),
-		"ours: kube-ipvs-proxy at " + commit + "; upstream: kube-proxy " + vmOut(labctl.GuestBin("kube-proxy"), "--version") + " --proxy-mode=ipvs",
+		"ours: kube-ipvs-proxy at " + commit + "; upstream: kube-proxy " + upstreamVersion(b.lab.Repo) + " --proxy-mode=ipvs",
 		fmt.Sprintf("lab VM: kernel %s under qemu TCG, %d MiB, 2 vCPUs; host: %s", vmOut("uname", "-r"), b.lab.MemoryMiB, hostOut("", "nproc")+" cores"),
 		fmt.Sprintf("Services: N selectorless ClusterIP Services (every %dth a NodePort), port 80/TCP, one EndpointSlice of %d ready endpoints each, plus default/kubernetes",
 			o.NodePortEvery, o.Endpoints),
@@ -199,4 +199,21 @@ func loadavg() string {
 	buf, _ := os.ReadFile("/proc/loadavg")
 	f := strings.Fields(string(buf))
 	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+// upstreamVersion is the k8s.io/kubernetes version test/tools builds
+// kube-proxy from (the binary itself, built from the module, does not know
+// its version).
+func upstreamVersion(repo string) string {
+	buf, err := os.ReadFile(filepath.Join(repo, "test", "tools", "go.mod"))
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(buf), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
+			return f[1]
+		}
+	}
+	return "?"
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -171,11 +173,14 @@ func Wait(s WaitSpec) (WaitResult, error) {
 	ipvsOK, setsOK, ruleOK, metricOK := !needIPVS, len(s.Sets) == 0, s.Rule == nil, s.Metric == ""
 	maxIv := ms(s.MaxIntervalMS, 2*time.Second)
 	lastTable := time.Time{}
+	var pollCost time.Duration
 	for {
 		if !alive(s.Pid) {
 			return r, fmt.Errorf("process %d exited after %.1fs", s.Pid, age())
 		}
-		iv := min(max(secs(age()/20), 200*time.Millisecond), maxIv)
+		// A poll costs the proxy CPU: keep polls under a tenth of one.
+		iv := max(min(max(secs(age()/20), 200*time.Millisecond), maxIv), 9*pollCost)
+		pollStart := time.Now()
 		if !metricOK {
 			if page, err := scrape(s.MetricsURL); err == nil {
 				if v, ok := metricValue(page, s.Metric, Family); ok && v > 0 {
@@ -199,12 +204,17 @@ func Wait(s WaitSpec) (WaitResult, error) {
 			}
 		}
 		if ipvsOK && !setsOK {
+			// Entries only come during a cold sync: a full set stays
+			// full, and one process a poll is enough.
 			setsOK = true
-			for name, want := range s.Sets {
-				got := ipsetEntries(name)
-				r.SetCounts[name] = got
-				if got < want {
+			for _, name := range slices.Sorted(maps.Keys(s.Sets)) {
+				if r.SetCounts[name] >= s.Sets[name] {
+					continue
+				}
+				r.SetCounts[name] = ipsetEntries(name)
+				if r.SetCounts[name] < s.Sets[name] {
 					setsOK = false
+					break
 				}
 			}
 			if setsOK {
@@ -221,6 +231,7 @@ func Wait(s WaitSpec) (WaitResult, error) {
 		if age() > s.TimeoutS {
 			break
 		}
+		pollCost = max(pollCost/2, time.Since(pollStart)) // a cheap poll does not hide a costly one
 		// Metrics are cheap to read: poll them more often than the table.
 		if !metricOK {
 			time.Sleep(min(iv, 200*time.Millisecond))
@@ -372,14 +383,19 @@ type ChurnStep struct {
 }
 
 // ChurnSpec: the host writes step i at OffsetMS after it reads "ready";
-// the command looks for every due, unseen step each IntervalMS and says
-// "seen i". It ends when every step was seen or DrainS after the last one
-// was due.
+// the command looks for every due, unseen step each IntervalMS (at least)
+// and says "seen i". It ends when every step was seen or DrainS after the
+// last one was due.
 type ChurnSpec struct {
 	Pid        int         `json:"pid"`
 	Steps      []ChurnStep `json:"steps"`
 	IntervalMS int         `json:"intervalMS"`
 	DrainS     float64     `json:"drainS"`
+	// MaxDuty bounds the share of one CPU the watching may take (0.15 by
+	// default): a round that took d is followed by a pause of at least
+	// d*(1/MaxDuty-1), so that the probe does not slow the proxy down
+	// (many changes pending make rounds long, and rarer).
+	MaxDuty float64 `json:"maxDuty,omitempty"`
 }
 
 // ChurnResult: the proxy's CPU from "ready" to the end.
@@ -389,11 +405,14 @@ type ChurnResult struct {
 	CPU    float64 `json:"cpu"`
 	HWMKiB int64   `json:"hwmKiB"`
 	Rounds int     `json:"rounds"`
+	// Scans: rounds that read the whole table once instead of one netlink
+	// request per pending step (whichever was estimated cheaper).
+	Scans int `json:"scans"`
 	// ProbeCPU is this command's own CPU time: what the watching cost.
 	ProbeCPU float64 `json:"probeCpu"`
 }
 
-// Churn runs a ChurnSpec.
+// Churn runs a ChurnSpec. Every step must expect a real server present.
 func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 	var r ChurnResult
 	l, err := newIPVSLookup()
@@ -407,9 +426,31 @@ func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 	}
 	sort.SliceStable(order, func(a, b int) bool { return s.Steps[order[a]].OffsetMS < s.Steps[order[b]].OffsetMS })
 	last := 0
-	for _, st := range s.Steps {
-		last = max(last, st.OffsetMS)
+	type keys struct {
+		vs, rs string
+		ok     bool
 	}
+	pk := make([]keys, len(s.Steps))
+	for i, st := range s.Steps {
+		if !st.Present || st.RS == "" {
+			return r, fmt.Errorf("churn step %d: want a real server present, got %+v", i, st.Expect)
+		}
+		last = max(last, st.OffsetMS)
+		pk[i].vs, pk[i].rs, pk[i].ok = procKeys(st.VS, st.RS)
+	}
+	duty := s.MaxDuty
+	if duty <= 0 || duty > 1 {
+		duty = 0.15
+	}
+	// What one table read and one lookup cost, measured as we go.
+	var table procIPVS
+	t := time.Now()
+	if _, err := table.read(); err != nil {
+		return r, err
+	}
+	scanCost := time.Since(t)
+	lookupCost := time.Millisecond
+
 	st0, err := ReadProcStat(s.Pid)
 	if err != nil {
 		return r, err
@@ -418,32 +459,59 @@ func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 	e.emit(Event{Ev: "ready"})
 	iv := ms(s.IntervalMS, 250*time.Millisecond)
 	seen := make([]bool, len(s.Steps))
+	mark := func(i int) {
+		if !seen[i] {
+			seen[i] = true
+			r.Seen++
+			e.emit(Event{Ev: "seen", I: i})
+		}
+	}
 	end := t0.Add(time.Duration(last)*time.Millisecond + secs(s.DrainS))
 	for r.Seen < len(s.Steps) && time.Now().Before(end) {
 		round := time.Now()
 		r.Rounds++
 		// Due steps, with a little slack for the host's clock.
 		due := int(time.Since(t0)/time.Millisecond) + 200
+		var pending []int
+		allProc := true
 		for _, i := range order {
 			if s.Steps[i].OffsetMS > due {
 				break
 			}
-			if seen[i] {
-				continue
+			if !seen[i] {
+				pending = append(pending, i)
+				allProc = allProc && pk[i].ok
 			}
-			ok, err := l.Holds(s.Steps[i].Expect)
-			if err != nil {
+		}
+		if allProc && time.Duration(len(pending))*lookupCost > scanCost {
+			r.Scans++
+			want := procWant{}
+			for _, i := range pending {
+				if want[pk[i].vs] == nil {
+					want[pk[i].vs] = map[string]int{}
+				}
+				want[pk[i].vs][pk[i].rs] = i
+			}
+			t := time.Now()
+			if err := table.scan(want, mark); err != nil {
 				return r, err
 			}
-			if ok {
-				seen[i] = true
-				r.Seen++
-				e.emit(Event{Ev: "seen", I: i})
+			scanCost = (scanCost + time.Since(t)) / 2
+		} else if len(pending) > 0 {
+			t := time.Now()
+			for _, i := range pending {
+				ok, err := l.Holds(s.Steps[i].Expect)
+				if err != nil {
+					return r, err
+				}
+				if ok {
+					mark(i)
+				}
 			}
+			lookupCost = (lookupCost + time.Since(t)/time.Duration(len(pending))) / 2
 		}
-		if d := iv - time.Since(round); d > 0 {
-			time.Sleep(d)
-		}
+		took := time.Since(round)
+		time.Sleep(max(iv-took, time.Duration(float64(took)*(1/duty-1))))
 	}
 	st, err := ReadProcStat(s.Pid)
 	if err != nil {

@@ -25,13 +25,11 @@ type procIPVS struct {
 	buf []byte
 }
 
-// Count reads the table's size from /proc/net/ip_vs (one text file the
-// kernel writes in a single pass; cheaper than a netlink request per
-// virtual server for the real servers).
-func (p *procIPVS) Count() (Counts, error) {
+// read returns the text of /proc/net/ip_vs (valid until the next read).
+func (p *procIPVS) read() ([]byte, error) {
 	f, err := os.Open("/proc/net/ip_vs")
 	if err != nil {
-		return Counts{}, err
+		return nil, err
 	}
 	defer f.Close()
 	if p.buf == nil {
@@ -48,7 +46,76 @@ func (p *procIPVS) Count() (Counts, error) {
 			break
 		}
 	}
-	return countProcIPVS(p.buf[:n]), nil
+	return p.buf[:n], nil
+}
+
+// Count reads the table's size from /proc/net/ip_vs (one text file the
+// kernel writes in a single pass; cheaper than a netlink request per
+// virtual server for the real servers).
+func (p *procIPVS) Count() (Counts, error) {
+	buf, err := p.read()
+	if err != nil {
+		return Counts{}, err
+	}
+	return countProcIPVS(buf), nil
+}
+
+// procWant is a set of real servers to look for in /proc/net/ip_vs:
+// virtual server ("TCP 0A600001:0050") → real server ("0AF50001:1F90") →
+// caller's index.
+type procWant map[string]map[string]int
+
+// procKeys formats an IPv4 virtual server and real server as
+// /proc/net/ip_vs prints them; ok is false for anything else.
+func procKeys(vs VSKey, rs string) (vsKey, rsKey string, ok bool) {
+	proto, ap, found := strings.Cut(string(vs), "/")
+	v, err1 := netip.ParseAddrPort(ap)
+	r, err2 := netip.ParseAddrPort(rs)
+	if !found || err1 != nil || err2 != nil || !v.Addr().Is4() || !r.Addr().Is4() {
+		return "", "", false
+	}
+	hex := func(a netip.AddrPort) string {
+		b := a.Addr().As4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", b[0], b[1], b[2], b[3], a.Port())
+	}
+	return proto + " " + hex(v), hex(r), true
+}
+
+// scan reports (through seen) every wanted real server present with a
+// weight above 0, in one read of /proc/net/ip_vs.
+func (p *procIPVS) scan(want procWant, seen func(i int)) error {
+	buf, err := p.read()
+	if err != nil {
+		return err
+	}
+	scanProcIPVS(buf, want, seen)
+	return nil
+}
+
+func scanProcIPVS(buf []byte, want procWant, seen func(i int)) {
+	var cur map[string]int
+	for len(buf) > 0 {
+		line := buf
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			line, buf = buf[:i], buf[i+1:]
+		} else {
+			buf = nil
+		}
+		f := bytes.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		if !bytes.Equal(f[0], []byte("->")) {
+			cur = want[string(f[0])+" "+string(f[1])]
+			continue
+		}
+		if cur == nil || len(f) < 4 {
+			continue
+		}
+		if i, ok := cur[string(f[1])]; ok && !bytes.Equal(f[3], []byte("0")) {
+			seen(i)
+		}
+	}
 }
 
 // countProcIPVS counts virtual and real servers in /proc/net/ip_vs text:

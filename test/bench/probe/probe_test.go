@@ -116,3 +116,41 @@ func TestVSKey(t *testing.T) {
 		}
 	}
 }
+
+func TestScanProcIPVS(t *testing.T) {
+	text := `IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  0A600102:0050 rr
+  -> 0AF50001:1F90      Masq    1      0          0
+  -> 0AF50002:1F90      Masq    0      0          0
+TCP  0A600103:0050 rr
+  -> 0AF50003:1F90      Masq    1      0          0
+UDP  0A600102:0050 rr
+  -> 0AF50004:1F90      Masq    1      0          0
+`
+	want := procWant{}
+	add := func(vs VSKey, rs string, i int) {
+		v, r, ok := procKeys(vs, rs)
+		if !ok {
+			t.Fatalf("procKeys(%s, %s) not ok", vs, rs)
+		}
+		if want[v] == nil {
+			want[v] = map[string]int{}
+		}
+		want[v][r] = i
+	}
+	add("TCP/10.96.1.2:80", "10.245.0.1:8080", 0) // present
+	add("TCP/10.96.1.2:80", "10.245.0.2:8080", 1) // weight 0
+	add("TCP/10.96.1.2:80", "10.245.0.3:8080", 2) // under another virtual server
+	add("TCP/10.96.1.2:80", "10.245.0.4:8080", 3) // under the UDP one
+	add("TCP/10.96.1.3:80", "10.245.0.3:8080", 4) // present
+	var seen []int
+	scanProcIPVS([]byte(text), want, func(i int) { seen = append(seen, i) })
+	if len(seen) != 2 || seen[0] != 0 || seen[1] != 4 {
+		t.Fatalf("seen %v, want [0 4]", seen)
+	}
+	if _, _, ok := procKeys("TCP/[fd00::1]:80", "10.0.0.1:1"); ok {
+		t.Fatal("IPv6 virtual server: ok")
+	}
+}
