@@ -116,3 +116,87 @@ func serviceLines(state string) string {
 	}
 	return b.String()
 }
+
+// From upstream kube-proxy in iptables mode to ours on a live node (PROXY
+// =ours only: the other direction is a kube-proxy mode change). iptables
+// mode sends ClusterIP traffic through its own KUBE-SERVICES rules; ours
+// rewrites that chain (the names are shared) and takes over with IPVS,
+// with no request lost. iptables mode's own chains (KUBE-SVC-*, KUBE-SEP-*)
+// stay behind, unused; the README says how to remove them.
+func TestSwitchFromIptablesMode(t *testing.T) {
+	if lab.Proxy != "ours" {
+		t.Log("PROXY=upstream: moving from iptables mode to upstream's IPVS mode is a kube-proxy mode change, not this project's")
+		return
+	}
+	const (
+		node = "node1"
+		hold = 30 * time.Second
+		long = 1
+	)
+	ctx := context.Background()
+	app := newEchoApp(t, "e2e-switch-iptables", 2)
+	pod := "pod/" + app.ns + "/" + app.podNames()[0]
+	vip := app.clusterIP() + ":80"
+	before := serviceLines(app.ownedState(t, node))
+	t.Cleanup(func() {
+		if running, argv, err := lab.ProxyRunning(context.Background(), node); err == nil && running && lab.ProxyHasDefaultArgs(node, argv) {
+			return
+		}
+		if err := lab.RestartProxyWithArgs(context.Background(), node, nil); err != nil {
+			t.Errorf("cleanup: restoring the proxy under test on %s: %v", node, err)
+		} else if err := lab.WaitProxyHealthy(context.Background(), node, 3*time.Minute); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+
+	// node1 runs kube-proxy in iptables mode first (on top of what ours
+	// left, as a cluster that ran it would have).
+	if err := lab.StopProxy(ctx, node); err != nil {
+		t.Fatalf("step: stopping the proxy on %s: %v", node, err)
+	}
+	if err := lab.StartOtherProxy(ctx, node, "--proxy-mode=iptables"); err != nil {
+		t.Fatalf("step: starting kube-proxy in iptables mode: %v", err)
+	}
+	if err := lab.WaitProxyHealthy(ctx, node, 3*time.Minute); err != nil {
+		t.Fatalf("step: kube-proxy in iptables mode: %v", err)
+	}
+	lcEventually(t, node+": kube-proxy in iptables mode has its KUBE-SVC chain for the Service", propagateTimeout, func() (bool, string) {
+		out := nodeOutput(t, node, "iptables-save", "-t", "nat")
+		return strings.Contains(out, app.clusterIP()+"/32") && strings.Contains(out, "KUBE-SVC-"), out
+	})
+	// Only iptables mode's rules should answer: the IPVS virtual servers
+	// ours left stay, but kube-proxy's DNAT in PREROUTING/OUTPUT comes first.
+	requireAnsweredBy(t, "step: node1 -> "+vip+" through iptables mode", request(t, node, "tcp", vip, 4), app.podNames())
+
+	l := startLoad(t, node, pod, vip, long, hold)
+	time.Sleep(3 * time.Second)
+	began := time.Now()
+	if err := lab.StopProxy(ctx, node); err != nil {
+		t.Fatalf("step: stopping kube-proxy: %v", err)
+	}
+	if err := lab.StartProxy(ctx, node); err != nil {
+		t.Fatalf("step: starting ours: %v", err)
+	}
+	if err := lab.WaitProxyHealthy(ctx, node, 3*time.Minute); err != nil {
+		t.Fatalf("step: ours after iptables mode: %v", err)
+	}
+	lcEventually(t, node+": ours programs the Service again", propagateTimeout, func() (bool, string) {
+		now := serviceLines(app.ownedState(t, node))
+		return now == before, "before:\n" + before + "\nnow:\n" + now
+	})
+	healthy := time.Since(began)
+	time.Sleep(5 * time.Second)
+	summary, failures := l.finish()
+	addFaultRow(faultRow{"switch upstream iptables mode -> ours on a live node", loadDesc(long), summary, fmt.Sprintf("ours healthy after %.1fs", healthy.Seconds())})
+	if failures > 0 {
+		t.Errorf("%d requests or connections failed while switching from iptables mode: %s", failures, summary)
+	}
+	if dups := builtinDuplicates(t, node); len(dups) > 0 {
+		t.Errorf("rules duplicated in built-in chains after the switch:\n%s", strings.Join(dups, "\n"))
+	}
+	for _, l := range strings.Split(nodeOutput(t, node, "iptables-save", "-t", "nat"), "\n") {
+		if strings.HasPrefix(l, "-A KUBE-SERVICES ") && strings.Contains(l, "KUBE-SVC-") {
+			t.Errorf("step: iptables mode's jump is still in KUBE-SERVICES: %s", l)
+		}
+	}
+}

@@ -38,16 +38,24 @@ func (c Config) OtherProxy() string {
 
 // StartOtherProxy starts the other proxy (OtherProxy) on a node in place
 // of the one under test, which must be stopped, with the lab's command
-// line for it. Its binary is read from the host through the VM's root.
-func (c Config) StartOtherProxy(ctx context.Context, node string) error {
+// line for it plus extra flags (later flags win). Its binary is read from
+// the host through the VM's root.
+func (c Config) StartOtherProxy(ctx context.Context, node string, extra ...string) error {
 	other := c
 	other.Proxy = c.OtherProxy()
-	argv := other.proxyArgv(node)
+	argv := append(other.proxyArgv(node), extra...)
 	if other.Proxy == "upstream" {
 		argv[0] = c.toolBin("kube-proxy")
 	} else {
 		argv[0] = c.ourBin("kube-ipvs-proxy")
 	}
+	_, err := c.Agent().StartDaemon(ctx, agent.DaemonSpec{Name: proxyDaemon(node), Netns: node, Argv: argv})
+	return err
+}
+
+// StartProxyArgv starts a node's proxy daemon with the given command line
+// (e.g. ProxyArgv behind a wrapper that puts it in a cgroup).
+func (c Config) StartProxyArgv(ctx context.Context, node string, argv []string) error {
 	_, err := c.Agent().StartDaemon(ctx, agent.DaemonSpec{Name: proxyDaemon(node), Netns: node, Argv: argv})
 	return err
 }
