@@ -177,6 +177,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	}
 	ipvsOK := false
+	phase := time.Now()
 	if full {
 		d := ipvs.Plan(snap, ic)
 		p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
@@ -194,6 +195,8 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 			ipvsOK = true
 		}
 	}
+	ipvsTook := time.Since(phase)
+	phase = time.Now()
 	if p.opts.ServiceHealth != nil {
 		ports, counts := healthcheck.LocalEndpointCounts(snap)
 		p.opts.ServiceHealth.SyncServices(ports)
@@ -209,6 +212,8 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	}
 
+	conntrackTook := time.Since(phase)
+	phase = time.Now()
 	d := iptables.Plan(snap, iptables.Config{
 		Families:          p.cfg.Families,
 		ClusterCIDRs:      p.cfg.ClusterCIDRs,
@@ -235,6 +240,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		errs = append(errs, fmt.Errorf("iptables/ipset: %w", err))
 	}
 
+	iptablesTook := time.Since(phase)
 	ipvsChanged := p.ipvs.TakeChanged()
 	setsChanged := changes.EntriesAdded + changes.EntriesDeleted
 	chainsChanged := len(changes.ChainsWritten) + len(changes.JumpsInserted)
@@ -278,7 +284,8 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	}
 	klog.V(2).InfoS("Synced", "full", full, "services", len(snap.Services), "changed", len(snap.Changed),
-		"iptablesChanged", !changes.Empty(), "elapsed", time.Since(start))
+		"iptablesChanged", !changes.Empty(), "elapsed", time.Since(start),
+		"ipvs", ipvsTook, "conntrack", conntrackTook, "iptables", iptablesTook)
 	return nil
 }
 
