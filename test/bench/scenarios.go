@@ -262,8 +262,8 @@ func (b *bench) runProxy(ctx context.Context, proxy string, n int) (err error) {
 	if cold.Done {
 		b.set(proxy, rowColdCPU, n, unitCPU, val(cold.Stat.CPU))
 		b.set(proxy, rowColdRSS, n, unitMB, val(float64(cold.Stat.HWMKiB)/1024))
-		b.logf("%s, N=%d: kernel complete after %.1fs (IPVS after %.1fs, ipsets after %.1fs), CPU %.1fs (children %.1fs), peak RSS %.0f MB",
-			proxy, n, cold.DoneAt, cold.IPVSAt, cold.SetsAt, cold.Stat.CPU, cold.Stat.CPU-cold.Stat.OwnCPU, float64(cold.Stat.HWMKiB)/1024)
+		b.logf("%s, N=%d: kernel complete at %.1fs (not yet at %.1fs; IPVS at %.1fs, not yet at %.1fs; ipsets at %.1fs), CPU %.1fs (children %.1fs), peak RSS %.0f MB",
+			proxy, n, cold.DoneAt, cold.DoneAfter, cold.IPVSAt, cold.IPVSAfter, cold.SetsAt, cold.Stat.CPU, cold.Stat.CPU-cold.Stat.OwnCPU, float64(cold.Stat.HWMKiB)/1024)
 	} else {
 		b.logf("%s, N=%d: cold sync timed out after %.0fs (%d/%d virtual servers, %d/%d real servers, sets %v)",
 			proxy, n, limit, cold.Last.VS, exp.vs, cold.Last.RS, exp.rs, cold.SetCounts)
@@ -574,7 +574,7 @@ func (b *bench) churn(ctx context.Context, proxy string, pid, n int) error {
 	b.set(proxy, b.churnTitle(rowChurnP99), n, unitS, p99)
 	b.set(proxy, b.churnTitle(rowChurnCPU), n, unitCPU, val(result.CPU))
 	b.set(proxy, b.churnTitle(rowChurnMissed), n, unitCount, val(float64(missed)))
-	b.logf("%s, N=%d: churn: p50 %s s, p99 %s s, %d of %d not shown, CPU %.1fs over %.0fs (the probe's own: %.1fs in %d rounds)",
-		proxy, n, p50, p99, missed, total, result.CPU, result.Window, result.ProbeCPU, result.Rounds)
+	b.logf("%s, N=%d: churn: p50 %s s, p99 %s s, %d of %d not shown, CPU %.1fs over %.0fs (the probe: %.1fs CPU, %d rounds of %.2fs, %d of them table scans)",
+		proxy, n, p50, p99, missed, total, result.CPU, result.Window, result.ProbeCPU, result.Rounds, result.RoundCost, result.Scans)
 	return nil
 }

@@ -25,7 +25,7 @@ type Event struct {
 }
 
 // Commands lists the commands Run knows.
-var Commands = []string{"wait", "idle", "changes", "churn", "stat", "quiet", "time"}
+var Commands = []string{"wait", "idle", "changes", "churn", "stat", "quiet", "time", "costs"}
 
 // Run runs one command: its spec is JSON on in, its events go to out.
 func Run(cmd string, in io.Reader, out io.Writer) error {
@@ -67,6 +67,8 @@ func Run(cmd string, in io.Reader, out io.Writer) error {
 		if err = json.NewDecoder(in).Decode(&s); err == nil {
 			err = e.result(Time(s))
 		}
+	case "costs":
+		err = e.result(Costs())
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
@@ -146,8 +148,12 @@ type WaitSpec struct {
 // WaitResult: the times are the process's age when the condition was
 // first seen.
 type WaitResult struct {
-	Done      bool           `json:"done"`
-	IPVSAt    float64        `json:"ipvsAt,omitempty"`
+	Done   bool    `json:"done"`
+	IPVSAt float64 `json:"ipvsAt,omitempty"`
+	// IPVSAfter and DoneAfter: the previous polls, which did not see it
+	// yet (the state came between the two).
+	IPVSAfter float64        `json:"ipvsAfter,omitempty"`
+	DoneAfter float64        `json:"doneAfter,omitempty"`
 	SetsAt    float64        `json:"setsAt,omitempty"`
 	DoneAt    float64        `json:"doneAt,omitempty"`
 	MetricAt  float64        `json:"metricAt,omitempty"`
@@ -174,6 +180,7 @@ func Wait(s WaitSpec) (WaitResult, error) {
 	maxIv := ms(s.MaxIntervalMS, 2*time.Second)
 	lastTable := time.Time{}
 	var pollCost time.Duration
+	var lastTableAge, lastPollAge float64
 	for {
 		if !alive(s.Pid) {
 			return r, fmt.Errorf("process %d exited after %.1fs", s.Pid, age())
@@ -200,8 +207,9 @@ func Wait(s WaitSpec) (WaitResult, error) {
 				r.MinVS = c.VS
 			}
 			if !ipvsOK && c.VS >= s.VS && c.RS >= s.RS {
-				ipvsOK, r.IPVSAt = true, age()
+				ipvsOK, r.IPVSAt, r.IPVSAfter = true, age(), lastTableAge
 			}
+			lastTableAge = age()
 		}
 		if ipvsOK && !setsOK {
 			// Entries only come during a cold sync: a full set stays
@@ -225,9 +233,10 @@ func Wait(s WaitSpec) (WaitResult, error) {
 			ruleOK = s.Rule.present()
 		}
 		if ipvsOK && setsOK && ruleOK && metricOK {
-			r.Done, r.DoneAt = true, age()
+			r.Done, r.DoneAt, r.DoneAfter = true, age(), lastPollAge
 			break
 		}
+		lastPollAge = age()
 		if age() > s.TimeoutS {
 			break
 		}
@@ -391,7 +400,7 @@ type ChurnSpec struct {
 	Steps      []ChurnStep `json:"steps"`
 	IntervalMS int         `json:"intervalMS"`
 	DrainS     float64     `json:"drainS"`
-	// MaxDuty bounds the share of one CPU the watching may take (0.15 by
+	// MaxDuty bounds the share of one CPU the watching may take (0.2 by
 	// default): a round that took d is followed by a pause of at least
 	// d*(1/MaxDuty-1), so that the probe does not slow the proxy down
 	// (many changes pending make rounds long, and rarer).
@@ -408,6 +417,8 @@ type ChurnResult struct {
 	// Scans: rounds that read the whole table once instead of one netlink
 	// request per pending step (whichever was estimated cheaper).
 	Scans int `json:"scans"`
+	// RoundCost is the mean time a round took (without the pause).
+	RoundCost float64 `json:"roundCost"`
 	// ProbeCPU is this command's own CPU time: what the watching cost.
 	ProbeCPU float64 `json:"probeCpu"`
 }
@@ -440,7 +451,7 @@ func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 	}
 	duty := s.MaxDuty
 	if duty <= 0 || duty > 1 {
-		duty = 0.15
+		duty = 0.2
 	}
 	// What one table read and one lookup cost, measured as we go.
 	var table procIPVS
@@ -511,6 +522,7 @@ func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 			lookupCost = (lookupCost + time.Since(t)/time.Duration(len(pending))) / 2
 		}
 		took := time.Since(round)
+		r.RoundCost += took.Seconds()
 		time.Sleep(max(iv-took, time.Duration(float64(took)*(1/duty-1))))
 	}
 	st, err := ReadProcStat(s.Pid)
@@ -520,6 +532,9 @@ func Churn(s ChurnSpec, e *emitter) (ChurnResult, error) {
 	r.Window, r.CPU, r.HWMKiB = time.Since(t0).Seconds(), st.CPU-st0.CPU, st.HWMKiB
 	if self, err := ReadProcStat(os.Getpid()); err == nil {
 		r.ProbeCPU = self.OwnCPU
+	}
+	if r.Rounds > 0 {
+		r.RoundCost /= float64(r.Rounds)
 	}
 	return r, nil
 }
@@ -588,6 +603,47 @@ func Time(s TimeSpec) (TimeResult, error) {
 	}
 	if err != nil {
 		return r, fmt.Errorf("%s: %v: %s", s.Script, err, out)
+	}
+	return r, nil
+}
+
+// CostsResult is what the probe's ways of reading IPVS cost at the current
+// table size, in seconds.
+type CostsResult struct {
+	Counts       Counts  `json:"counts"`
+	ProcRead     float64 `json:"procRead"`     // /proc/net/ip_vs, counted
+	ServicesDump float64 `json:"servicesDump"` // netlink dump of the virtual servers
+	Lookup       float64 `json:"lookup"`       // one virtual server and its real servers
+}
+
+// Costs measures the probe's reads once each.
+func Costs() (CostsResult, error) {
+	var r CostsResult
+	var table procIPVS
+	t := time.Now()
+	c, err := table.Count()
+	if err != nil {
+		return r, err
+	}
+	r.Counts, r.ProcRead = c, time.Since(t).Seconds()
+	l, err := newIPVSLookup()
+	if err != nil {
+		return r, err
+	}
+	defer l.Close()
+	t = time.Now()
+	svcs, err := l.h.GetServices()
+	if err != nil {
+		return r, err
+	}
+	r.ServicesDump = time.Since(t).Seconds()
+	if len(svcs) > 0 {
+		k := VSKey(fmt.Sprintf("TCP/%s:%d", svcs[0].Address, svcs[0].Port))
+		t = time.Now()
+		if _, err := l.Holds(Expect{VS: k, RS: "192.0.2.1:1", Present: true}); err != nil {
+			return r, err
+		}
+		r.Lookup = time.Since(t).Seconds()
 	}
 	return r, nil
 }

@@ -94,6 +94,8 @@ func (p *procIPVS) scan(want procWant, seen func(i int)) error {
 
 func scanProcIPVS(buf []byte, want procWant, seen func(i int)) {
 	var cur map[string]int
+	var f [4][]byte
+	key := make([]byte, 0, 64)
 	for len(buf) > 0 {
 		line := buf
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
@@ -101,21 +103,43 @@ func scanProcIPVS(buf []byte, want procWant, seen func(i int)) {
 		} else {
 			buf = nil
 		}
-		f := bytes.Fields(line)
-		if len(f) < 2 {
+		n := fields(line, &f)
+		if n < 2 {
 			continue
 		}
-		if !bytes.Equal(f[0], []byte("->")) {
-			cur = want[string(f[0])+" "+string(f[1])]
+		if len(f[0]) != 2 || f[0][0] != '-' || f[0][1] != '>' {
+			key = append(append(append(key[:0], f[0]...), ' '), f[1]...)
+			cur = want[string(key)] // no allocation: a lookup by converted bytes
 			continue
 		}
-		if cur == nil || len(f) < 4 {
+		if cur == nil || n < 4 {
 			continue
 		}
-		if i, ok := cur[string(f[1])]; ok && !bytes.Equal(f[3], []byte("0")) {
+		if i, ok := cur[string(f[1])]; ok && !(len(f[3]) == 1 && f[3][0] == '0') {
 			seen(i)
 		}
 	}
+}
+
+// fields splits line at spaces into up to len(f) fields, without
+// allocating, and returns how many it found.
+func fields(line []byte, f *[4][]byte) int {
+	n := 0
+	for i := 0; i < len(line) && n < len(f); {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		j := i
+		for j < len(line) && line[j] != ' ' {
+			j++
+		}
+		if j > i {
+			f[n] = line[i:j]
+			n++
+		}
+		i = j
+	}
+	return n
 }
 
 // countProcIPVS counts virtual and real servers in /proc/net/ip_vs text:

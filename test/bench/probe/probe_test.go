@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"fmt"
 	"os"
 	"testing"
 )
@@ -152,5 +153,42 @@ UDP  0A600102:0050 rr
 	}
 	if _, _, ok := procKeys("TCP/[fd00::1]:80", "10.0.0.1:1"); ok {
 		t.Fatal("IPv6 virtual server: ok")
+	}
+}
+
+// procText is a /proc/net/ip_vs of n virtual servers with 5 real servers.
+func procText(n int) []byte {
+	var b []byte
+	b = append(b, "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"...)
+	for i := 0; i < n; i++ {
+		b = fmt.Appendf(b, "TCP  0A60%04X:0050 rr\n", i)
+		for k := 0; k < 5; k++ {
+			b = fmt.Appendf(b, "  -> 0AF4%04X:1F90      Masq    1      0          0         \n", i*5+k)
+		}
+	}
+	return b
+}
+
+func BenchmarkScanProcIPVS(b *testing.B) {
+	text := procText(12000)
+	want := procWant{}
+	for i := 0; i < 100; i++ {
+		v, r, _ := procKeys(VSKey(fmt.Sprintf("TCP/10.96.%d.%d:80", i/256, i%256)), fmt.Sprintf("10.244.%d.%d:8080", i*5/256, i*5%256))
+		want[v] = map[string]int{r: i}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n := 0
+		scanProcIPVS(text, want, func(int) { n++ })
+		if n != 100 {
+			b.Fatalf("seen %d", n)
+		}
+	}
+}
+
+func BenchmarkCountProcIPVS(b *testing.B) {
+	text := procText(12000)
+	for i := 0; i < b.N; i++ {
+		countProcIPVS(text)
 	}
 }
