@@ -145,3 +145,36 @@ func TestFloorInput(t *testing.T) {
 		t.Errorf("ipvsadm table:\n%s", in.ipvs)
 	}
 }
+
+func TestDefaultOptions(t *testing.T) {
+	for _, k := range []string{"BENCH_SIZES", "BENCH_UPSTREAM_10K", "BENCH_PROXIES", "BENCH_SCENARIOS", "BENCH_TIMEOUT", "BENCH_OUT"} {
+		t.Setenv(k, "")
+	}
+	o, err := DefaultOptions("/repo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.runs("ours", 10000) || o.runs("upstream", 10000) || !o.runs("upstream", 5000) {
+		t.Errorf("defaults: ours at 10k %v, upstream at 10k %v, at 5k %v", o.runs("ours", 10000), o.runs("upstream", 10000), o.runs("upstream", 5000))
+	}
+	if o.OutDir != "/repo/_output/bench" || o.Timeout.Seconds() != 2400 || len(o.Scenarios) != 6 {
+		t.Errorf("defaults: %+v", o)
+	}
+	t.Setenv("BENCH_SIZES", "5000,1000,1000")
+	t.Setenv("BENCH_UPSTREAM_10K", "1")
+	t.Setenv("BENCH_SCENARIOS", "churn")
+	if o, err = DefaultOptions("/repo"); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Sizes) != 2 || o.Sizes[0] != 1000 || !o.runs("upstream", 10000) || !o.has(ScCold) || !o.has(ScChurn) || o.has(ScIdle) {
+		t.Errorf("settings: %+v", o)
+	}
+	for k, v := range map[string]string{"BENCH_SIZES": "20000", "BENCH_PROXIES": "iptables", "BENCH_SCENARIOS": "warm", "BENCH_TIMEOUT": "-1"} {
+		t.Run(k, func(t *testing.T) {
+			t.Setenv(k, v)
+			if _, err := DefaultOptions("/repo"); err == nil {
+				t.Errorf("%s=%s: no error", k, v)
+			}
+		})
+	}
+}
