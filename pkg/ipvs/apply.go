@@ -30,8 +30,10 @@ var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
 //
 // Ownership: the applier only touches virtual servers on addresses it
 // manages, which are the addresses on kube-ipvs0, the addresses it is asked
-// to bind or put virtual servers on, and the NodePort addresses. Any other
-// virtual server in the kernel (another program's) is left alone.
+// to bind or put virtual servers on, and the NodePort addresses, plus the
+// virtual servers on the host's other addresses with a port in the NodePort
+// range (Desired.LocalAddresses). Any other virtual server in the kernel
+// (another program's) is left alone.
 //
 // Exclusion: a virtual server on an address ApplierOptions.Excluded
 // reports (--ipvs-exclude-cidrs) is never deleted nor changed unless the
@@ -140,8 +142,15 @@ func (a *Applier) Reconcile(d *Desired) error {
 		owned[key.Addr] = struct{}{}
 	}
 	obs := &State{VirtualServers: make(map[VSKey]*VirtualServer, len(d.VirtualServers)), Addresses: kernel.Addresses}
+	local := make(map[netip.Addr]struct{}, len(d.LocalAddresses))
+	for _, addr := range d.LocalAddresses {
+		local[addr.Unmap()] = struct{}{}
+	}
 	for key, vs := range kernel.VirtualServers {
 		_, mine := owned[key.Addr]
+		if _, isLocal := local[key.Addr]; isLocal && DefaultNodePortRange.Contains(key.Port) {
+			mine = true // a NodePort virtual server (see Desired.LocalAddresses)
+		}
 		if mine || a.observed[key] != nil {
 			obs.VirtualServers[key] = vs
 		}

@@ -444,3 +444,28 @@ func TestApplyDesiredWithoutByService(t *testing.T) {
 	}
 	r.checkKernel(t, state(nil))
 }
+
+// A virtual server kube-proxy left on another local address (it serves
+// NodePorts on every local address, pod gateways included) with a port in
+// the NodePort range is a stale NodePort server and goes; one on a local
+// address outside that range, or on a foreign address, stays.
+func TestApplierRemovesNodePortServersOnOtherLocalAddresses(t *testing.T) {
+	r := newRig(Config{NodePortAddresses: ips("192.168.1.10"), LocalAddresses: ips("192.168.1.10", "10.244.1.1")})
+	stale := vs("10.244.1.1:30080/TCP", "10.244.1.2:8080")
+	keep := []*VirtualServer{vs("10.244.1.1:8443/TCP", "10.1.0.1:443"), vs("192.168.50.1:30080/TCP", "10.1.0.1:80")}
+	r.ipvs.Put(stale)
+	for _, k := range keep {
+		r.ipvs.Put(k)
+	}
+	d := r.reconcile(t, webSnap(ep("10.244.1.2", 8080, "ready")))
+	k := r.kernel(t)
+	if k.VirtualServers[stale.Key] != nil {
+		t.Errorf("the NodePort server on another local address is still there")
+	}
+	for _, v := range keep {
+		if k.VirtualServers[v.Key] == nil {
+			t.Errorf("%s was removed", v.Key)
+		}
+	}
+	r.checkKernel(t, &d.State, keep[0].Key, keep[1].Key)
+}

@@ -184,6 +184,7 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	d.Addresses = slices.Clip(slices.Compact(addrs))
+	d.LocalAddresses = sortedAddrs(cfg.LocalAddresses)
 	d.Problems = p.problems
 	return d
 }

@@ -222,6 +222,13 @@ type Desired struct {
 	// on. Virtual servers on them belong to the proxy even when no Service
 	// uses them any more, so stale ones are removed.
 	NodePortAddresses []netip.Addr
+	// LocalAddresses are the host's other addresses (Config.LocalAddresses).
+	// A virtual server on one of them with a port in DefaultNodePortRange
+	// is a NodePort virtual server of an IPVS proxy, so the applier owns
+	// it: a stale one, or one kube-proxy left on an address this proxy
+	// does not serve NodePorts on (kube-proxy uses every local address),
+	// is removed. --cleanup uses the same rule.
+	LocalAddresses []netip.Addr
 	// ExcludeCIDRs (--ipvs-exclude-cidrs, normalized): virtual servers on
 	// addresses in them are never planned and must never be deleted, nor
 	// their addresses unbound (see Desired.Excluded).

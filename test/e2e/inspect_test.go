@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -49,7 +50,7 @@ func TestInspect(t *testing.T) {
 	app := newEchoApp(t, "e2e-inspect", 2)
 	bin := filepath.Join(lab.Repo, "_output", "bin", "kube-ipvs-proxy") // the host's, through the VM's 9p root
 	kubeconfig := "--kubeconfig=/run/lab/" + node + ".kubeconfig"
-	t.Cleanup(func() { _, _ = lab.Output(t.Context(), node, "ipvsadm", "-D", "-t", foreign) })
+	t.Cleanup(func() { _, _ = lab.Output(context.Background(), node, "ipvsadm", "-D", "-t", foreign) })
 	nodeOutput(t, node, "ipvsadm", "-A", "-t", foreign, "-s", "rr")
 
 	out := nodeOutput(t, node, bin, "inspect", "--json", kubeconfig)

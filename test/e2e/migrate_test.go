@@ -106,10 +106,16 @@ func TestSwitchBetweenProxies(t *testing.T) {
 	}
 }
 
-// serviceLines keeps the virtual server and set entry lines of ownedState.
+// serviceLines keeps the virtual server and set entry lines of ownedState,
+// without the NodePort virtual servers on pod gateway addresses (10.244.*):
+// kube-proxy serves NodePorts on every local address, ours on the node's
+// addresses only, and removes kube-proxy's others when it takes over.
 func serviceLines(state string) string {
 	var b strings.Builder
 	for _, l := range strings.Split(state, "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && (f[0] == "-A" || f[0] == "-a") && strings.HasPrefix(f[2], "10.244.") {
+			continue
+		}
 		if strings.HasPrefix(l, "-A ") || strings.HasPrefix(l, "-a ") || strings.HasPrefix(l, "add ") {
 			b.WriteString(l + "\n")
 		}
