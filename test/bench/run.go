@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -173,7 +174,7 @@ func (b *bench) meta(ctx context.Context) []string {
 	}
 	return []string{
 		"date: " + time.Now().UTC().Format("2006-01-02 15:04 UTC") + "; host load average at the start: " + loadavg(),
-		"ours: kube-ipvs-proxy at " + commit + "; upstream: kube-proxy " + upstreamVersion(b.lab.Repo) + " --proxy-mode=ipvs",
+		"ours: kube-ipvs-proxy " + binaryID(b.lab.ProxyBinaryOf("ours")) + ", the tree at " + commit + "; upstream: kube-proxy " + upstreamVersion(b.lab.Repo) + " --proxy-mode=ipvs",
 		fmt.Sprintf("lab VM: kernel %s under qemu TCG, %d MiB, 2 vCPUs; host: %s", vmOut("uname", "-r"), b.lab.MemoryMiB, hostOut("", "nproc")+" cores"),
 		fmt.Sprintf("Services: N selectorless ClusterIP Services (every %dth a NodePort), port 80/TCP, one EndpointSlice of %d ready endpoints each, plus default/kubernetes",
 			o.NodePortEvery, o.Endpoints),
@@ -216,4 +217,23 @@ func upstreamVersion(repo string) string {
 		}
 	}
 	return "?"
+}
+
+// binaryID names a build: the start of its SHA-256 and when it was built
+// (the binary copied into the VM, which may be newer than the commit).
+func binaryID(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "?"
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("sha256 %x, built %s", h.Sum(nil)[:6], st.ModTime().UTC().Format("2006-01-02 15:04 UTC"))
 }
