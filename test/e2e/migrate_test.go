@@ -53,17 +53,7 @@ func TestSwitchBetweenProxies(t *testing.T) {
 	pod := "pod/" + app.ns + "/" + app.podNames()[0]
 	vip := app.clusterIP() + ":80"
 	before := app.ownedState(t, node)
-	t.Cleanup(func() {
-		// Whatever happened, node1 ends with the proxy under test.
-		if running, argv, err := lab.ProxyRunning(context.Background(), node); err == nil && running && lab.ProxyHasDefaultArgs(node, argv) {
-			return
-		}
-		if err := lab.RestartProxyWithArgs(context.Background(), node, nil); err != nil {
-			t.Errorf("cleanup: restoring the proxy under test on %s: %v", node, err)
-		} else if err := lab.WaitProxyHealthy(context.Background(), node, 3*time.Minute); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	restoreProxyAtEnd(t, node)
 
 	l := startLoad(t, node, pod, vip, long, hold)
 	time.Sleep(2 * time.Second)
@@ -144,16 +134,7 @@ func TestSwitchFromIptablesMode(t *testing.T) {
 	pod := "pod/" + app.ns + "/" + app.podNames()[0]
 	vip := app.clusterIP() + ":80"
 	before := serviceLines(app.ownedState(t, node))
-	t.Cleanup(func() {
-		if running, argv, err := lab.ProxyRunning(context.Background(), node); err == nil && running && lab.ProxyHasDefaultArgs(node, argv) {
-			return
-		}
-		if err := lab.RestartProxyWithArgs(context.Background(), node, nil); err != nil {
-			t.Errorf("cleanup: restoring the proxy under test on %s: %v", node, err)
-		} else if err := lab.WaitProxyHealthy(context.Background(), node, 3*time.Minute); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	restoreProxyAtEnd(t, node)
 
 	// node1 runs kube-proxy in iptables mode first (on top of what ours
 	// left, as a cluster that ran it would have).
@@ -205,4 +186,20 @@ func TestSwitchFromIptablesMode(t *testing.T) {
 			t.Errorf("step: iptables mode's jump is still in KUBE-SERVICES: %s", l)
 		}
 	}
+}
+
+// restoreProxyAtEnd makes sure that, whatever happened, node ends the test
+// with the proxy under test and the lab's command line.
+func restoreProxyAtEnd(t *testing.T, node string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if running, argv, err := lab.ProxyRunning(ctx, node); err == nil && running && lab.ProxyHasDefaultArgs(node, argv) {
+			return
+		}
+		if err := lab.RestartProxyWithArgs(ctx, node, nil); err != nil {
+			t.Errorf("cleanup: restoring the proxy under test on %s: %v", node, err)
+		} else if err := lab.WaitProxyHealthy(ctx, node, 3*time.Minute); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 }
