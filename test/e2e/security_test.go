@@ -17,6 +17,7 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
@@ -148,6 +149,21 @@ func TestAddressGuard(t *testing.T) {
 			}
 			s.Spec.ExternalIPs = []string{nodeIP, extGuardIP}
 		},
+	})
+	// node2 programs node1's address like any external IP (each proxy
+	// knows its own Node only), and with it bound on node2's kube-ipvs0,
+	// node2 answers packets meant for node1 itself: remove the Service and
+	// wait until it is gone everywhere before the next test runs.
+	t.Cleanup(func() {
+		err := cs.CoreV1().Services(app.ns).Delete(context.Background(), "ext", metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("cleanup: deleting Service ext: %v", err)
+			return
+		}
+		for _, n := range lab.NodeNames() {
+			extWaitBound(t, n, nodeIP, false)
+			extWaitBound(t, n, extGuardIP, false)
+		}
 	})
 	target := app.svcs["echo"].Spec.ClusterIP
 	// A Service whose only endpoint is another Service's cluster IP.
