@@ -3,62 +3,23 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
-
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/benchshape"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
-// Benchmarks with the shape of `make bench`: n Services with one TCP port
-// and 5 ready endpoints, every 5th a NodePort. Run them with
+// Benchmarks with the shape of `make bench` (benchshape). Run them with
 //
 //	go test -run '^$' -bench . -benchmem ./pkg/iptables/
 
-var benchSizes = []int{10000, 50000}
+var benchSizes = benchshape.Sizes
 
-func shapeSnapshot(n int) *servicecache.Snapshot {
-	svcs := make([]*servicecache.Service, n)
-	for i := range svcs {
-		eps := make([]servicecache.Endpoint, 5)
-		for j := range eps {
-			k := i*5 + j
-			eps[j] = servicecache.Endpoint{Addr: netip.AddrFrom4([4]byte{10, byte(128 + k>>16), byte(k >> 8), byte(k)}),
-				Port: 8080, Ready: true, Serving: true, NodeName: "node-b"}
-		}
-		var nodePort uint16
-		typ := v1.ServiceTypeClusterIP
-		if i%5 == 0 {
-			nodePort, typ = uint16(30000+i/5%2768), v1.ServiceTypeNodePort
-		}
-		svcs[i] = &servicecache.Service{
-			Key:        servicecache.ServiceKey{Namespace: fmt.Sprintf("ns%03d", i%100), Name: fmt.Sprintf("svc%06d", i)},
-			Type:       typ,
-			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
-			Ports:      []servicecache.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, NodePort: nodePort, Endpoints: eps}},
-		}
-	}
-	// Sorted by key, as the service cache hands them out.
-	sortServices(svcs)
-	return &servicecache.Snapshot{Services: svcs, Node: servicecache.Node{Name: "node-a", Addresses: []netip.Addr{netip.MustParseAddr("172.30.0.11")}}}
-}
-
-func sortServices(svcs []*servicecache.Service) {
-	slices.SortFunc(svcs, func(a, b *servicecache.Service) int {
-		switch {
-		case a.Key.Less(b.Key):
-			return -1
-		case b.Key.Less(a.Key):
-			return 1
-		}
-		return 0
-	})
-}
+func shapeSnapshot(n int) *servicecache.Snapshot { return benchshape.Snapshot(n) }
 
 func shapeConfig() Config {
 	return Config{Families: []Family{IPv4}, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
-		LocalAddresses: []netip.Addr{netip.MustParseAddr("172.30.0.11")}}
+		LocalAddresses: []netip.Addr{benchshape.NodeAddr}}
 }
 
 // The ipset entries and chains of every Service, planned on every sync.
@@ -109,6 +70,30 @@ func BenchmarkApplyIncrementalNoChange(b *testing.B) {
 				if _, err := a.ApplyIncremental(d); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// A Planner re-planning one changed Service (an endpoint added, then
+// removed): an incremental sync's computing part, which must not grow with
+// the cluster.
+func BenchmarkPlannerOneChange(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			base, cfg := shapeSnapshot(n), shapeConfig()
+			var p Planner
+			p.Plan(base, cfg)
+			changed := benchshape.Replace(base, benchshape.Service(n/2, 1))
+			back := benchshape.Replace(changed, benchshape.Service(n/2, 0))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				snap := changed
+				if i%2 == 1 {
+					snap = back
+				}
+				p.Plan(snap, cfg)
 			}
 		})
 	}

@@ -54,6 +54,19 @@ func FuzzIptablesPlan(f *testing.F) {
 		oldCfg := cfg
 		oldCfg.LocalAddresses = append(slices.Clone(cfg.LocalAddresses), netip.MustParseAddr("192.168.1.99"))
 		oldPlan := Plan(old, oldCfg)
+
+		// A Planner that re-plans only what changed arrives at the same
+		// plan, and back again.
+		pl := new(Planner)
+		if got := pl.Plan(old, cfg).Dump(); got != Plan(old, cfg).Dump() {
+			t.Fatalf("Planner on the old snapshot:\n%s\nPlan:\n%s", got, Plan(old, cfg).Dump())
+		}
+		if got := pl.Plan(withChanged(snap, old), cfg).Dump(); got != d.Dump() {
+			t.Fatalf("Planner after the change:\n%s\nPlan:\n%s", got, d.Dump())
+		}
+		if got := pl.Plan(withChanged(old, snap), cfg).Dump(); got != Plan(old, cfg).Dump() {
+			t.Fatalf("Planner after the change back:\n%s\nPlan:\n%s", got, Plan(old, cfg).Dump())
+		}
 		full := newFakes()
 		full.apply(t, "Apply the old plan", full.a.Apply, oldPlan)
 		full.apply(t, "Apply over the old plan", full.a.Apply, d)
@@ -418,4 +431,26 @@ func TestValidatePlanCatches(t *testing.T) {
 			t.Errorf("%s: not caught", name)
 		}
 	}
+}
+
+// withChanged is cur with Changed listing the Services that differ from
+// prev, as the service cache reports them.
+func withChanged(cur, prev *servicecache.Snapshot) *servicecache.Snapshot {
+	byKey := map[servicecache.ServiceKey]*servicecache.Service{}
+	for _, s := range prev.Services {
+		byKey[s.Key] = s
+	}
+	out := *cur
+	out.Changed = nil
+	for _, s := range cur.Services {
+		if p, ok := byKey[s.Key]; !ok || !p.Equal(s) {
+			out.Changed = append(out.Changed, s.Key)
+		}
+		delete(byKey, s.Key)
+	}
+	for k := range byKey {
+		out.Changed = append(out.Changed, k)
+	}
+	slices.SortFunc(out.Changed, fuzzgen.CompareKeys)
+	return &out
 }

@@ -88,41 +88,18 @@ func (p *FamilyPlan) Chain(table Table, name string) *Chain {
 
 // Plan computes the desired ipsets and chains. It is pure: same input, same
 // output, no system access. Invalid input is skipped and reported in
-// Desired.Problems.
+// Desired.Problems. It is a Planner used once; the proxier keeps a Planner
+// so that a sync re-plans only the Services that changed.
 func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
-	d := &Desired{}
-	if snap == nil {
-		snap = &servicecache.Snapshot{}
-	}
-	if len(cfg.Families) == 0 {
-		d.Problems = append(d.Problems, "no IP family configured: nothing planned")
-	}
-	seen := map[Family]bool{}
-	for _, f := range cfg.Families {
-		if (f != IPv4 && f != IPv6) || seen[f] {
-			d.Problems = append(d.Problems, fmt.Sprintf("family %v: unknown or repeated, ignored", f))
-			continue
-		}
-		seen[f] = true
-		b := newFamilyBuilder(f, snap, &cfg, &d.Problems)
-		for _, svc := range snap.Services {
-			if svc == nil {
-				continue
-			}
-			for i := range svc.Ports {
-				b.servicePort(svc, &svc.Ports[i])
-			}
-		}
-		d.Families = append(d.Families, b.plan())
-	}
-	return d
+	return new(Planner).Plan(snap, cfg)
 }
 
-// familyBuilder collects one family's set entries while walking services.
+// familyBuilder computes one Service's share of a family's set entries
+// (servicePort), and the family's chains from which sets are non-empty
+// (chains).
 type familyBuilder struct {
-	f        Family
-	cfg      *Config
-	problems *[]string
+	f   Family
+	cfg *Config
 
 	nodeName    string
 	nodeIP      netip.Addr          // for load balancer source ranges
@@ -131,23 +108,37 @@ type familyBuilder struct {
 	clusterCIDR netip.Prefix        // invalid when none for the family
 	mark        uint32
 
-	entries map[string]map[Entry]struct{} // by upstream set name
-	// outFilter holds KUBE-IPVS-OUT-FILTER rules (load balancers the node
-	// itself may not reach), deduplicated, in service order.
-	outFilter     []Rule
-	outFilterSeen map[Entry]bool
+	// part collects the Service being planned.
+	part *servicePart
+	// counts: how many Service parts hold each entry, by upstream set
+	// name; outFilter: the KUBE-IPVS-OUT-FILTER rules (load balancers the
+	// node itself may not reach), sorted. Both read by chains.
+	counts    map[string]map[Entry]int
+	outFilter []Rule
 }
 
-func newFamilyBuilder(f Family, snap *servicecache.Snapshot, cfg *Config, problems *[]string) *familyBuilder {
+// servicePart is what one Service puts in a family's sets.
+type servicePart struct {
+	entries  []setEntry
+	denied   []Entry // load balancer entries the node may not reach
+	problems []string
+}
+
+type setEntry struct {
+	base string // upstream (IPv4) set name
+	e    Entry
+}
+
+// newFamilyBuilder derives the node's settings for family f; problems with
+// them are appended to problems.
+func newFamilyBuilder(f Family, node servicecache.Node, cfg *Config, problems *[]string) *familyBuilder {
 	b := &familyBuilder{
-		f:             f,
-		cfg:           cfg,
-		problems:      problems,
-		nodeName:      snap.Node.Name,
-		local:         map[netip.Addr]bool{},
-		mark:          cfg.MasqueradeMark,
-		entries:       map[string]map[Entry]struct{}{},
-		outFilterSeen: map[Entry]bool{},
+		f:        f,
+		cfg:      cfg,
+		nodeName: node.Name,
+		local:    map[netip.Addr]bool{},
+		mark:     cfg.MasqueradeMark,
+		counts:   map[string]map[Entry]int{},
 	}
 	if b.mark == 0 {
 		b.mark = DefaultMasqueradeMark
@@ -157,22 +148,37 @@ func newFamilyBuilder(f Family, snap *servicecache.Snapshot, cfg *Config, proble
 			continue
 		}
 		if b.clusterCIDR.IsValid() {
-			b.problemf("cluster CIDR %s: only one per family is used (%s)", p, b.clusterCIDR)
+			*problems = append(*problems, f.String()+": "+fmt.Sprintf("cluster CIDR %s: only one per family is used (%s)", p, b.clusterCIDR))
 			continue
 		}
 		b.clusterCIDR = p.Masked()
 	}
 	b.nodeIP = firstOf(f, cfg.NodeIPs)
 	if !b.nodeIP.IsValid() {
-		b.nodeIP = firstOf(f, snap.Node.Addresses)
+		b.nodeIP = firstOf(f, node.Addresses)
 	}
-	for _, a := range cfg.LocalAddresses {
-		if f.Has(a) {
-			b.local[a] = true
+	// An IPv4 address may come as IPv4-mapped IPv6 (16 bytes from
+	// netlink); it is the same address, as the IPVS planner sees it.
+	local := make([]netip.Addr, len(cfg.LocalAddresses))
+	for i, a := range cfg.LocalAddresses {
+		local[i] = a.Unmap()
+		if f.Has(local[i]) {
+			b.local[local[i]] = true
 		}
 	}
-	b.nodePortIPs = nodePortIPs(f, cfg.NodePortAddresses, cfg.LocalAddresses)
+	b.nodePortIPs = nodePortIPs(f, cfg.NodePortAddresses, local)
 	return b
+}
+
+// service computes the part of one Service.
+func (b *familyBuilder) service(svc *servicecache.Service) *servicePart {
+	part := &servicePart{}
+	b.part = part
+	for i := range svc.Ports {
+		b.servicePort(svc, &svc.Ports[i])
+	}
+	b.part = nil
+	return part
 }
 
 func firstOf(f Family, addrs []netip.Addr) netip.Addr {
@@ -219,20 +225,15 @@ func nodePortIPs(f Family, allowed []netip.Prefix, local []netip.Addr) []netip.A
 }
 
 func (b *familyBuilder) problemf(format string, args ...any) {
-	*b.problems = append(*b.problems, b.f.String()+": "+fmt.Sprintf(format, args...))
+	b.part.problems = append(b.part.problems, b.f.String()+": "+fmt.Sprintf(format, args...))
 }
 
 // add records e in the family's variant of an upstream set.
 func (b *familyBuilder) add(base string, e Entry) {
-	m := b.entries[base]
-	if m == nil {
-		m = map[Entry]struct{}{}
-		b.entries[base] = m
-	}
-	m[e] = struct{}{}
+	b.part.entries = append(b.part.entries, setEntry{base, e})
 }
 
-func (b *familyBuilder) nonEmpty(base string) bool { return len(b.entries[base]) > 0 }
+func (b *familyBuilder) nonEmpty(base string) bool { return len(b.counts[base]) > 0 }
 
 // servicePort records the entries of one service port, as upstream's
 // syncProxyRules does for each svcPort of the family.
@@ -353,17 +354,18 @@ func (b *familyBuilder) sourceRanges(svc *servicecache.Service) []netip.Prefix {
 // ranges exclude the node (upstream issue 119656). With IPVS both the source
 // and the virtual address are the VIP.
 func (b *familyBuilder) denyFromNode(e Entry) {
-	if b.outFilterSeen[e] {
-		return
-	}
-	b.outFilterSeen[e] = true
+	b.part.denied = append(b.part.denied, e)
+}
+
+// outFilterRule is the KUBE-IPVS-OUT-FILTER rule of a denied entry.
+func outFilterRule(e Entry) Rule {
 	// As iptables prints it, so that the applier finds the chain unchanged
 	// on the next sync: "-s" with its host prefix, numeric protocol, and
 	// --vaddr without one (libxt_ipvs prints the mask with
 	// xtables_ipmask_to_numeric, which leaves out /32 and /128).
 	host := netip.PrefixFrom(e.IP, e.IP.BitLen()).String()
-	b.outFilter = append(b.outFilter, Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)),
-		"--vaddr", e.IP.String(), "--vport", fmt.Sprint(e.Port), "-j", "DROP"})
+	return Rule{"-s", host, "-m", "ipvs", "--vproto", fmt.Sprint(int(e.Proto)),
+		"--vaddr", e.IP.String(), "--vport", fmt.Sprint(e.Port), "-j", "DROP"}
 }
 
 func (b *familyBuilder) nodePort(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
@@ -392,19 +394,4 @@ func (b *familyBuilder) nodePort(svc *servicecache.Service, sp *servicecache.Ser
 			b.add(localSet, e)
 		}
 	}
-}
-
-// plan freezes the collected entries and derives the chains.
-func (b *familyBuilder) plan() *FamilyPlan {
-	p := &FamilyPlan{Family: b.f, Jumps: slices.Clone(Jumps)}
-	for i, spec := range SetSpecs(b.f) {
-		sp := SetPlan{Spec: spec}
-		for e := range b.entries[setSkeleton[i].name] {
-			sp.Entries = append(sp.Entries, e)
-		}
-		slices.SortFunc(sp.Entries, compareEntries)
-		p.Sets = append(p.Sets, sp)
-	}
-	p.Chains = b.chains()
-	return p
 }

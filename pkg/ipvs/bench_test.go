@@ -2,56 +2,22 @@ package ipvs
 
 import (
 	"fmt"
-	"net/netip"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
-
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/benchshape"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
-// These benchmarks (and BenchmarkPlan10k/50k in plan_test.go) use the shape of `make bench`: n Services with one TCP
-// port and 5 ready endpoints each, every 5th a NodePort, on a node with one
-// address. Run them with
+// These benchmarks (and BenchmarkPlan10k/50k in plan_test.go) use the
+// shape of `make bench` (benchshape). Run them with
 //
 //	go test -run '^$' -bench . -benchmem ./pkg/ipvs/
 
-var benchSizes = []int{10000, 50000}
+var benchSizes = benchshape.Sizes
 
-var benchNode = servicecache.Node{Name: "node-a", Addresses: []netip.Addr{netip.MustParseAddr("172.30.0.11")}}
+func shapeSnapshot(n int) *servicecache.Snapshot { return benchshape.Snapshot(n) }
 
-func shapeService(i int) *servicecache.Service {
-	eps := make([]servicecache.Endpoint, 5)
-	for j := range eps {
-		// 10.(128+i/50)...: 5 distinct endpoints per Service.
-		n := i*5 + j
-		eps[j] = servicecache.Endpoint{Addr: netip.AddrFrom4([4]byte{10, byte(128 + n>>16), byte(n >> 8), byte(n)}),
-			Port: 8080, Ready: true, Serving: true, NodeName: "node-b"}
-	}
-	var nodePort uint16
-	typ := v1.ServiceTypeClusterIP
-	if i%5 == 0 {
-		nodePort, typ = uint16(30000+i/5%2768), v1.ServiceTypeNodePort
-	}
-	return &servicecache.Service{
-		Key:        servicecache.ServiceKey{Namespace: fmt.Sprintf("ns%03d", i%100), Name: fmt.Sprintf("svc%06d", i)},
-		Type:       typ,
-		ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
-		Ports:      []servicecache.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, NodePort: nodePort, Endpoints: eps}},
-	}
-}
-
-func shapeSnapshot(n int) *servicecache.Snapshot {
-	svcs := make([]*servicecache.Service, n)
-	for i := range svcs {
-		svcs[i] = shapeService(i)
-	}
-	s := snapshot(svcs...)
-	s.Node = benchNode
-	return s
-}
-
-func benchConfig() Config { return Config{NodePortAddresses: benchNode.Addresses} }
+func benchConfig() Config { return Config{NodePortAddresses: benchshape.Node.Addresses} }
 
 // The plan of one changed Service: an incremental sync's computing part,
 // which must not grow with the cluster.

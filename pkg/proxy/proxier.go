@@ -113,6 +113,8 @@ type Proxier struct {
 	guardProblems problemLog
 	// guard drops the addresses that must not be programmed.
 	guard guard.Guard
+	// iptPlanner re-plans only the changed Services' set entries.
+	iptPlanner iptables.Planner
 
 	// ctLast is the last snapshot whose conntrack cleanup succeeded, and
 	// ctPrevious whether it is the snapshot just before the current one.
@@ -214,7 +216,12 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 
 	conntrackTook := time.Since(phase)
 	phase = time.Now()
-	d := iptables.Plan(snap, iptables.Config{
+	if full && !quiet {
+		// Re-plan every Service after a failure or a change of settings;
+		// a quiet periodic resync re-plans nothing.
+		p.iptPlanner.Reset()
+	}
+	d := p.iptPlanner.Plan(snap, iptables.Config{
 		Families:          p.cfg.Families,
 		ClusterCIDRs:      p.cfg.ClusterCIDRs,
 		MasqueradeAll:     p.cfg.MasqueradeAll,
