@@ -138,19 +138,19 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 
 	// 3. Rewrite the chains that differ, all in one restore.
 	listed := map[Table]map[string][]Rule{}
-	for _, t := range []Table{TableNAT, TableFilter} {
-		if !full {
-			listed[t] = known.chains[t]
-			continue
-		}
-		// iptables-save -t TABLE
+	if full {
+		// iptables-save
 		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpList).Inc()
-		chains, err := tables.ListTable(t)
+		all, err := tables.ListTables([]Table{TableNAT, TableFilter})
 		if err != nil {
 			errs = append(errs, err)
-			continue
+		} else {
+			listed = all
 		}
-		listed[t] = chains
+	} else {
+		for _, t := range []Table{TableNAT, TableFilter} {
+			listed[t] = known.chains[t]
+		}
 	}
 	var write []Chain
 	for _, c := range p.Chains {

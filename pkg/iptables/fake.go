@@ -185,6 +185,18 @@ func (t *FakeTables) ListTable(table Table) (map[string][]Rule, error) {
 	return out, nil
 }
 
+func (t *FakeTables) ListTables(tables []Table) (map[Table]map[string][]Rule, error) {
+	out := make(map[Table]map[string][]Rule, len(tables))
+	for _, table := range tables {
+		chains, err := t.ListTable(table)
+		if err != nil {
+			return nil, err
+		}
+		out[table] = chains
+	}
+	return out, nil
+}
+
 var builtinTargets = map[string]bool{
 	"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "MARK": true, "MASQUERADE": true,
 }

@@ -21,6 +21,9 @@ type Tables interface {
 	// `iptables -t TABLE -S`, one call for the whole table. A chain
 	// missing from the map does not exist.
 	ListTable(table Table) (map[string][]Rule, error)
+	// ListTables is ListTable for several tables at once: one
+	// `iptables-save` for all of them.
+	ListTables(tables []Table) (map[Table]map[string][]Rule, error)
 	// ReplaceChains sets the complete content of the given chains,
 	// creating missing ones, in one `iptables-restore --noflush` call:
 	// atomic per table, and chains not listed are left alone.
@@ -71,6 +74,7 @@ type IptablesTables struct {
 	ipt         *goiptables.IPTables
 	path        string // iptables binary, for listing
 	restorePath string
+	savePath    string // iptables-save, "" when there is none
 }
 
 var _ Tables = (*IptablesTables)(nil)
@@ -103,7 +107,74 @@ func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
 	if _, err := exec.LookPath(restore); err != nil {
 		return nil, fmt.Errorf("%s has no %s: %w", found, filepath.Base(restore), err)
 	}
-	return &IptablesTables{ipt: ipt, path: found, restorePath: restore}, nil
+	// iptables-save lists every table in one process; without it, one
+	// `iptables -S` per table does.
+	save := filepath.Join(filepath.Dir(found), filepath.Base(found)+"-save")
+	if _, err := exec.LookPath(save); err != nil {
+		save = ""
+	}
+	return &IptablesTables{ipt: ipt, path: found, restorePath: restore, savePath: save}, nil
+}
+
+// ListTables: iptables-save (the tables asked for are picked from its
+// output; a table it does not print has no chains yet).
+func (t *IptablesTables) ListTables(tables []Table) (map[Table]map[string][]Rule, error) {
+	out := make(map[Table]map[string][]Rule, len(tables))
+	for _, table := range tables {
+		if _, ok := builtinChains[table]; !ok {
+			return nil, fmt.Errorf("unknown table %q", table)
+		}
+	}
+	if t.savePath == "" {
+		for _, table := range tables {
+			chains, err := t.ListTable(table)
+			if err != nil {
+				return nil, err
+			}
+			out[table] = chains
+		}
+		return out, nil
+	}
+	cmd := exec.Command(t.savePath)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s: %w: %s", filepath.Base(t.savePath), err, strings.TrimSpace(stderr.String()))
+	}
+	sections := splitSave(stdout.String())
+	for _, table := range tables {
+		chains, err := parseTableListing(sections[table], func(c string) bool {
+			return OwnsChain(table, c) || builtinChains[table][c]
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: table %s: %w", filepath.Base(t.savePath), table, err)
+		}
+		out[table] = chains
+	}
+	return out, nil
+}
+
+// splitSave turns iptables-save output into `iptables -S` lines per table:
+// ":CHAIN POLICY [0:0]" becomes "-N CHAIN", rules stay as they are.
+func splitSave(text string) map[Table][]string {
+	out := map[Table][]string{}
+	var cur Table
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			cur = Table(strings.TrimSpace(line[1:]))
+		case line == "COMMIT":
+			cur = ""
+		case cur == "":
+		case strings.HasPrefix(line, ":"):
+			if f := strings.Fields(line[1:]); len(f) > 0 {
+				out[cur] = append(out[cur], "-N "+f[0])
+			}
+		case strings.HasPrefix(line, "-A "):
+			out[cur] = append(out[cur], line)
+		}
+	}
+	return out
 }
 
 // ListTable: iptables -t TABLE -S --wait

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -15,12 +17,20 @@ import (
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // KernelIPVS programs the kernel's IPVS table over generic netlink.
 type KernelIPVS struct {
 	mu sync.Mutex // one request at a time on the shared socket
 	h  *libipvs.Handle
+	// netns names the socket's network namespace (the link behind
+	// /proc/thread-self/ns/net), "" when unknown: /proc/net/ip_vs is read
+	// only from a thread in that namespace.
+	netns string
+	// procFailed: reading /proc/net/ip_vs failed once (logged once; the
+	// netlink reads take over).
+	procFailed bool
 }
 
 var _ IPVS = (*KernelIPVS)(nil)
@@ -29,8 +39,12 @@ var _ IPVS = (*KernelIPVS)(nil)
 // namespace. It fails with ErrIPVSUnavailable when the kernel has no IPVS.
 func NewKernelIPVS() (*KernelIPVS, error) {
 	// libipvs.New runs `modprobe -va ip_vs` and looks the family up once per
-	// process, so a module loaded later is only seen after a restart.
+	// process, so a module loaded later is only seen after a restart. The
+	// socket belongs to the calling thread's network namespace.
+	runtime.LockOSThread()
 	h, err := libipvs.New("")
+	netns, _ := threadNetns()
+	runtime.UnlockOSThread()
 	if err != nil {
 		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
 	}
@@ -41,7 +55,7 @@ func NewKernelIPVS() (*KernelIPVS, error) {
 		h.Close()
 		return nil, fmt.Errorf("%w: %v", ErrIPVSUnavailable, err)
 	}
-	return &KernelIPVS{h: h}, nil
+	return &KernelIPVS{h: h, netns: netns}, nil
 }
 
 // Close releases the netlink socket.
@@ -51,8 +65,12 @@ func (k *KernelIPVS) Close() {
 	k.h.Close()
 }
 
-// Services is `ipvsadm -Sn`: one service dump, then one destination dump
-// per service (the kernel has no request for all destinations at once).
+// Services is `ipvsadm -Sn`: one service dump over netlink, then every
+// destination from one read of /proc/net/ip_vs. The kernel has no netlink
+// request for all destinations at once, and one destination dump per
+// service costs a round trip each (seconds at 10,000 Services): a service
+// the file does not show (created in between, or the file unreadable) has
+// its destinations dumped over netlink.
 func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -60,11 +78,20 @@ func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	var fromProc map[VSKey][]RealServer
+	if len(svcs) > 0 {
+		fromProc = k.procDestinations()
+	}
 	out := make([]*VirtualServer, 0, len(svcs))
 	for _, s := range svcs {
 		vs, ok := fromLibService(s)
 		if !ok {
 			continue // firewall mark or unknown protocol: never ours
+		}
+		if rss, ok := fromProc[vs.Key]; ok {
+			vs.RealServers = rss
+			out = append(out, vs)
+			continue
 		}
 		dsts, err := k.h.GetDestinations(s)
 		if err != nil {
@@ -80,6 +107,46 @@ func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
 	}
 	sortServices(out)
 	return out, nil
+}
+
+// procDestinations is `cat /proc/net/ip_vs`: every virtual server's real
+// servers (see parseProcIPVS), read from a thread in the socket's network
+// namespace; nil when that cannot be done.
+func (k *KernelIPVS) procDestinations() map[VSKey][]RealServer {
+	if k.netns == "" || k.procFailed {
+		return nil
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if ns, err := threadNetns(); err != nil || ns != k.netns {
+		return nil // a thread of another namespace (tests switch them)
+	}
+	m, err := readProcIPVS("/proc/thread-self/net/ip_vs")
+	if err != nil {
+		k.procFailed = true
+		klog.InfoS("Reading IPVS destinations over netlink, one dump per virtual server", "reason", err)
+		return nil
+	}
+	return m
+}
+
+func readProcIPVS(path string) (map[VSKey][]RealServer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m, err := parseProcIPVS(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// threadNetns names the calling thread's network namespace
+// (`readlink /proc/thread-self/ns/net`, "net:[4026531840]").
+func threadNetns() (string, error) {
+	return os.Readlink("/proc/thread-self/ns/net")
 }
 
 // AddService is `ipvsadm -A -t VIP:PORT -s rr [-p TIMEOUT]`.
