@@ -241,6 +241,12 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 func diffEntries(sp SetPlan, have []Entry) setDiff {
 	d := setDiff{spec: sp.Spec}
 	want := sp.Entries
+	if len(want) == len(have) && (len(want) == 0 || &want[0] == &have[0]) {
+		// The very slice the last apply left: a Planner shares the
+		// slices of sets that did not change.
+		d.want = want
+		return d
+	}
 	if !strictlySortedEntries(want) {
 		// Plans are sorted without duplicates; be safe if one is not.
 		want = slices.SortedFunc(slices.Values(want), compareEntries)

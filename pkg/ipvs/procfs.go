@@ -2,13 +2,11 @@ package ipvs
 
 import (
 	"bufio"
-	"encoding/binary"
-	"encoding/hex"
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
 	"strconv"
-	"strings"
 )
 
 // parseProcIPVS reads the kernel's /proc/net/ip_vs (`cat /proc/net/ip_vs`,
@@ -38,36 +36,37 @@ func parseProcIPVS(r io.Reader) (map[VSKey][]RealServer, error) {
 	var cur VSKey
 	inVS := false // the current section is a virtual server we keep
 	line := 0
+	var f [4][]byte // the first fields of a line, without allocating
 	for sc.Scan() {
 		line++
-		text := sc.Text()
+		text := sc.Bytes()
 		if line <= 3 {
 			// "IP Virtual Server version ...", then two header lines.
-			if line == 1 && !strings.HasPrefix(text, "IP Virtual Server") {
+			if line == 1 && !bytes.HasPrefix(text, []byte("IP Virtual Server")) {
 				return nil, fmt.Errorf("line 1: not an IPVS table: %q", text)
 			}
 			continue
 		}
-		f := strings.Fields(text)
-		if len(f) == 0 {
+		n := fields(text, &f)
+		if n == 0 {
 			continue
 		}
-		if f[0] == "->" {
+		if string(f[0]) == "->" {
 			if !inVS {
 				continue // a destination of a firewall-mark service
 			}
-			if len(f) < 4 {
+			if n < 4 {
 				return nil, fmt.Errorf("line %d: short destination line %q", line, text)
 			}
 			ap, err := parseProcAddrPort(f[1])
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", line, err)
 			}
-			fwd, err := parseProcForward(f[2])
+			fwd, err := parseProcForward(string(f[2]))
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", line, err)
 			}
-			w, err := strconv.Atoi(f[3])
+			w, err := strconv.Atoi(string(f[3]))
 			if err != nil {
 				return nil, fmt.Errorf("line %d: weight %q: %w", line, f[3], err)
 			}
@@ -75,11 +74,11 @@ func parseProcIPVS(r io.Reader) (map[VSKey][]RealServer, error) {
 			continue
 		}
 		inVS = false
-		proto, ok := procProto(f[0])
+		proto, ok := procProto(string(f[0]))
 		if !ok {
 			continue // FWM, or a protocol the proxy never programs
 		}
-		if len(f) < 2 {
+		if n < 2 {
 			return nil, fmt.Errorf("line %d: short service line %q", line, text)
 		}
 		ap, err := parseProcAddrPort(f[1])
@@ -100,6 +99,27 @@ func parseProcIPVS(r io.Reader) (map[VSKey][]RealServer, error) {
 		return nil, fmt.Errorf("empty IPVS table")
 	}
 	return out, nil
+}
+
+// fields puts up to len(f) space-separated fields of line in f and says
+// how many it found.
+func fields(line []byte, f *[4][]byte) int {
+	n := 0
+	for i := 0; i < len(line) && n < len(f); {
+		for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
+			i++
+		}
+		j := i
+		for j < len(line) && line[j] != ' ' && line[j] != '\t' {
+			j++
+		}
+		if j > i {
+			f[n] = line[i:j]
+			n++
+		}
+		i = j
+	}
+	return n
 }
 
 // procProto maps the kernel's ip_vs_proto_name.
@@ -132,29 +152,50 @@ func parseProcForward(s string) (Forward, error) {
 
 // parseProcAddrPort parses "0A600001:0050" (IPv4 in host-order hex) or
 // "[fd00:0010:...:000a]:0035".
-func parseProcAddrPort(s string) (netip.AddrPort, error) {
-	i := strings.LastIndexByte(s, ':')
+func parseProcAddrPort(s []byte) (netip.AddrPort, error) {
+	i := bytes.LastIndexByte(s, ':')
 	if i < 0 || len(s)-i-1 != 4 {
 		return netip.AddrPort{}, fmt.Errorf("address %q: no :PORT", s)
 	}
-	pb, err := hex.DecodeString(s[i+1:])
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("address %q: port: %w", s, err)
+	port, ok := parseHex(s[i+1:])
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("address %q: port is not hex", s)
 	}
-	port := binary.BigEndian.Uint16(pb)
 	host := s[:i]
 	var addr netip.Addr
-	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
-		addr, err = netip.ParseAddr(host[1 : len(host)-1])
+	if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		var err error
+		addr, err = netip.ParseAddr(string(host[1 : len(host)-1]))
 		if err != nil || !addr.Is6() {
 			return netip.AddrPort{}, fmt.Errorf("address %q: not IPv6", s)
 		}
 	} else {
-		b, err := hex.DecodeString(host)
-		if err != nil || len(b) != 4 {
+		v, ok := parseHex(host)
+		if !ok || len(host) != 8 {
 			return netip.AddrPort{}, fmt.Errorf("address %q: not IPv4 hex", s)
 		}
-		addr = netip.AddrFrom4([4]byte(b))
+		addr = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 	}
-	return netip.AddrPortFrom(addr.Unmap(), port), nil
+	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
+}
+
+// parseHex parses up to 8 hex digits.
+func parseHex(b []byte) (uint32, bool) {
+	if len(b) == 0 || len(b) > 8 {
+		return 0, false
+	}
+	var v uint32
+	for _, c := range b {
+		switch {
+		case '0' <= c && c <= '9':
+			v = v<<4 | uint32(c-'0')
+		case 'a' <= c && c <= 'f':
+			v = v<<4 | uint32(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			v = v<<4 | uint32(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
 }
