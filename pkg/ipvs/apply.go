@@ -79,6 +79,11 @@ type Applier struct {
 	draining map[VSKey]map[RSKey]time.Time
 	// changed counts the ops that succeeded (TakeChanged).
 	changed atomic.Int64
+	// lastFull keeps the address lists of the last Reconcile's plan, and
+	// knownOK says desired is what Plan would compute for the Services
+	// applied since: no two Services wanted one virtual server (see Known).
+	lastFull Desired
+	knownOK  bool
 }
 
 // ApplierOptions are the Applier's settings; the zero value is the plain
@@ -189,6 +194,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 	a.retryVS = map[VSKey]struct{}{}
 	a.retryAddrs = map[netip.Addr]struct{}{}
 	a.synced = true
+	a.lastFull = Desired{NodePortAddresses: d.NodePortAddresses, LocalAddresses: d.LocalAddresses, ExcludeCIDRs: d.ExcludeCIDRs}
+	a.knownOK = d.Conflicts == 0
 
 	// Servers that need no op already match: remember the planned value,
 	// which carries the Service it belongs to (and the draining real
@@ -224,6 +231,9 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	}
 	var newBy map[servicecache.ServiceKey][]*VirtualServer
 	if part != nil {
+		if part.Conflicts > 0 {
+			a.knownOK = false
+		}
 		newBy = part.ByService
 		if newBy == nil {
 			newBy = groupByService(part.VirtualServers)
@@ -271,7 +281,10 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 			if vs == nil {
 				continue
 			}
-			if _, taken := a.desired[vs.Key]; taken {
+			if had, taken := a.desired[vs.Key]; taken {
+				if had.Service != svc {
+					a.knownOK = false
+				}
 				continue
 			}
 			a.desired[vs.Key] = vs
@@ -318,6 +331,32 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	ops, target := a.diff(subObs, subWant)
 	_, err := a.execute(ops, target)
 	return err
+}
+
+// Known is the desired state the applier holds: the last Reconcile's plan
+// with every ApplyServices since, which is what Plan computes for the same
+// Services as long as no two of them wanted the same virtual server (which
+// Plan settles in Service order, and per-Service changes cannot). A
+// periodic resync with nothing changed reconciles it instead of planning
+// every Service again. Nil before the first Reconcile or after a conflict.
+// It has no Problems; the caller must not modify it.
+func (a *Applier) Known() *Desired {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.synced || !a.knownOK {
+		return nil
+	}
+	d := a.lastFull
+	d.VirtualServers = maps.Clone(a.desired)
+	d.ByService = a.byService
+	d.Addresses = make([]netip.Addr, 0, len(a.addrRefs))
+	for addr, n := range a.addrRefs {
+		if n > 0 {
+			d.Addresses = append(d.Addresses, addr)
+		}
+	}
+	slices.SortFunc(d.Addresses, netip.Addr.Compare)
+	return &d
 }
 
 func compareServiceKeys(x, y servicecache.ServiceKey) int {

@@ -394,6 +394,17 @@ func checkIncremental(t *testing.T, sc *fuzzgen.Scenario, cfg Config, snap *serv
 			t.Fatalf("%s: ApplyServices(%v): %v", tc.name, tc.keys, err)
 		}
 		r.matches(t, tc.name+": after ApplyServices", &d.State)
+		if known := r.a.Known(); known != nil || (d.Conflicts == 0 && !hasConflicts(old, cfg)) {
+			// Without conflicts, what the applier holds is the plan.
+			want := *d
+			want.Problems, want.Conflicts = nil, 0
+			if known == nil {
+				t.Fatalf("%s: Known() is nil without conflicts", tc.name)
+			}
+			if got := describePlan(known); got != describePlan(&want) {
+				t.Fatalf("%s: Known() after ApplyServices:\n%s\nPlan:\n%s", tc.name, got, describePlan(&want))
+			}
+		}
 		if n := r.a.Draining(); n != 0 {
 			t.Fatalf("%s: %d real servers draining without connections", tc.name, n)
 		}

@@ -236,7 +236,10 @@ func (d *Desired) add(svc *servicecache.Service, vss []*VirtualServer, addrs []n
 	}
 	kept := vss[:0]
 	for _, vs := range vss {
-		if _, dup := d.VirtualServers[vs.Key]; dup {
+		if had, dup := d.VirtualServers[vs.Key]; dup {
+			if had.Service != svc.Key {
+				d.Conflicts++
+			}
 			continue
 		}
 		d.VirtualServers[vs.Key] = vs

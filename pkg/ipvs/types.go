@@ -236,6 +236,9 @@ type Desired struct {
 	// Problems are what the planner worked around in the Services (e.g. an
 	// unknown scheduler annotation), in Service order.
 	Problems []Problem
+	// Conflicts counts the virtual servers a Service wanted that an
+	// earlier Service already had.
+	Conflicts int
 }
 
 // hostBits is the prefix length of a single address of addr's family.

@@ -181,8 +181,16 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	ipvsOK := false
 	phase := time.Now()
 	if full {
-		d := ipvs.Plan(snap, ic)
-		p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
+		// A quiet resync reconciles what the applier already holds
+		// instead of planning every Service again (nothing changed).
+		var d *ipvs.Desired
+		if quiet {
+			d = p.ipvs.Known()
+		}
+		if d == nil {
+			d = ipvs.Plan(snap, ic)
+			p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
+		}
 		if err := p.ipvs.Reconcile(d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
