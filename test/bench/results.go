@@ -205,7 +205,8 @@ software emulation, 2 vCPUs; compare the ratios, not the absolute times):
   the polls during the restart (0: traffic never lost its virtual server).
 - **idle resync**: nothing changes; the mean duration of the periodic
   syncs as the proxy reports it (kubeproxy_sync_proxy_rules_duration_seconds,
-  IPv4) and the proxy's CPU per sync period.
+  IPv4) and the proxy's CPU per sync period (its metrics scraped once a
+  second to count the syncs).
 - **change: ...**: one API write (an endpoint added to an EndpointSlice,
   that endpoint removed, a Service created with its endpoints already in
   place, that Service deleted), timed on the host from just before the
