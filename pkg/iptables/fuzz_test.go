@@ -451,6 +451,6 @@ func withChanged(cur, prev *servicecache.Snapshot) *servicecache.Snapshot {
 	for k := range byKey {
 		out.Changed = append(out.Changed, k)
 	}
-	slices.SortFunc(out.Changed, fuzzgen.CompareKeys)
+	slices.SortFunc(out.Changed, servicecache.ServiceKey.Compare)
 	return &out
 }

@@ -143,7 +143,7 @@ func lookupService(snap *servicecache.Snapshot, key servicecache.ServiceKey) *se
 		if s == nil {
 			return -1
 		}
-		return compareServiceKey(s.Key, k)
+		return s.Key.Compare(k)
 	})
 	if found {
 		// The first of its key; a repeated key is merged (see add).
@@ -153,7 +153,7 @@ func lookupService(snap *servicecache.Snapshot, key servicecache.ServiceKey) *se
 		if a == nil || b == nil {
 			return 0
 		}
-		return compareServiceKey(a.Key, b.Key)
+		return a.Key.Compare(b.Key)
 	}) {
 		return nil
 	}
@@ -163,16 +163,6 @@ func lookupService(snap *servicecache.Snapshot, key servicecache.ServiceKey) *se
 		}
 	}
 	return nil
-}
-
-func compareServiceKey(a, b servicecache.ServiceKey) int {
-	switch {
-	case a.Less(b):
-		return -1
-	case b.Less(a):
-		return 1
-	}
-	return 0
 }
 
 // replace swaps the part of one Service for its current one (none when
@@ -325,7 +315,7 @@ func mergeEntries(have, came, went []Entry) []Entry {
 // order.
 func (m *familyMemo) allProblems() []string {
 	out := slices.Clone(m.setup)
-	keys := slices.SortedFunc(maps.Keys(m.problems), compareServiceKey)
+	keys := slices.SortedFunc(maps.Keys(m.problems), servicecache.ServiceKey.Compare)
 	for _, k := range keys {
 		out = append(out, m.problems[k]...)
 	}

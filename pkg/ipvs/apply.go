@@ -249,7 +249,7 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	for k := range newBy {
 		set[k] = struct{}{}
 	}
-	svcs := slices.SortedFunc(maps.Keys(set), compareServiceKeys)
+	svcs := slices.SortedFunc(maps.Keys(set), servicecache.ServiceKey.Compare)
 
 	subObs := &State{VirtualServers: map[VSKey]*VirtualServer{}}
 	subWant := &State{VirtualServers: map[VSKey]*VirtualServer{}}
@@ -357,16 +357,6 @@ func (a *Applier) Known() *Desired {
 	}
 	slices.SortFunc(d.Addresses, netip.Addr.Compare)
 	return &d
-}
-
-func compareServiceKeys(x, y servicecache.ServiceKey) int {
-	if x.Less(y) {
-		return -1
-	}
-	if y.Less(x) {
-		return 1
-	}
-	return 0
 }
 
 func (a *Applier) unref(addr netip.Addr) {

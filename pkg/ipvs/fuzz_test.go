@@ -360,7 +360,7 @@ func checkIncremental(t *testing.T, sc *fuzzgen.Scenario, cfg Config, snap *serv
 	for _, s := range [][]servicecache.ServiceKey{fuzzgen.Keys(old), fuzzgen.Keys(snap)} {
 		allKeys = append(allKeys, s...)
 	}
-	slices.SortFunc(allKeys, fuzzgen.CompareKeys)
+	slices.SortFunc(allKeys, servicecache.ServiceKey.Compare)
 	allKeys = slices.Compact(allKeys)
 
 	// Only the Services that differ changed, as the service cache reports

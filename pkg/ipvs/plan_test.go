@@ -19,7 +19,7 @@ func describePlan(d *Desired) string {
 	var b strings.Builder
 	b.WriteString(d.Dump())
 	b.WriteString("# by service\n")
-	svcs := slices.SortedFunc(maps.Keys(d.ByService), compareServiceKeys)
+	svcs := slices.SortedFunc(maps.Keys(d.ByService), servicecache.ServiceKey.Compare)
 	for _, k := range svcs {
 		for _, vs := range d.ByService[k] {
 			bind := ""

@@ -341,25 +341,15 @@ func (p *Proxier) filter(snap *servicecache.Snapshot) *servicecache.Snapshot {
 	}
 	changed := p.guardProblems.report(p.opts.Events, out, nil, list)
 	if extra := slices.DeleteFunc(changed, func(k servicecache.ServiceKey) bool {
-		_, found := slices.BinarySearchFunc(snap.Changed, k, compareKeys)
+		_, found := slices.BinarySearchFunc(snap.Changed, k, servicecache.ServiceKey.Compare)
 		return found
 	}); len(extra) > 0 {
 		c := *out
 		c.Changed = append(slices.Clone(snap.Changed), extra...)
-		slices.SortFunc(c.Changed, compareKeys)
+		slices.SortFunc(c.Changed, servicecache.ServiceKey.Compare)
 		out = &c
 	}
 	return out
-}
-
-func compareKeys(a, b servicecache.ServiceKey) int {
-	switch {
-	case a.Less(b):
-		return -1
-	case b.Less(a):
-		return 1
-	}
-	return 0
 }
 
 // problem is a planner's or the guard's problem with a Service (ipvs.Problem
@@ -416,7 +406,7 @@ func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, ke
 		l.reported = map[servicecache.ServiceKey][]problem{}
 	}
 	// In key order: Events and log lines come out the same way each time.
-	for _, k := range slices.SortedFunc(maps.Keys(now), compareKeys) {
+	for _, k := range slices.SortedFunc(maps.Keys(now), servicecache.ServiceKey.Compare) {
 		list := now[k]
 		old := l.reported[k]
 		if !slices.Equal(old, list) {
@@ -437,7 +427,7 @@ func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, ke
 		}
 		l.reported[k] = list
 	}
-	slices.SortFunc(changed, compareKeys)
+	slices.SortFunc(changed, servicecache.ServiceKey.Compare)
 	return changed
 }
 

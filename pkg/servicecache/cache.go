@@ -420,7 +420,7 @@ func (c *Cache) Snapshot() *Snapshot {
 	if len(retry) > 0 {
 		c.markDirty(retry...)
 	}
-	slices.SortFunc(changed, compareKey)
+	slices.SortFunc(changed, ServiceKey.Compare)
 
 	snap := &Snapshot{Node: node, Changed: changed}
 	for _, k := range changed {
@@ -506,16 +506,6 @@ func (c *Cache) logNotes(notes []string, kind string, obj any) {
 			v.Info("Ignoring part of object", kind, obj, "reason", n)
 		}
 	}
-}
-
-func compareKey(a, b ServiceKey) int {
-	if a.Less(b) {
-		return -1
-	}
-	if b.Less(a) {
-		return 1
-	}
-	return 0
 }
 
 // sliceService returns the Service a slice belongs to.

@@ -71,8 +71,8 @@ func (h *harness) snapshot() *Snapshot {
 	for _, k := range s.Changed {
 		h.changed[k] = true
 	}
-	if !slices.IsSortedFunc(s.Changed, compareKey) ||
-		!slices.IsSortedFunc(s.Services, func(a, b *Service) int { return compareKey(a.Key, b.Key) }) {
+	if !slices.IsSortedFunc(s.Changed, ServiceKey.Compare) ||
+		!slices.IsSortedFunc(s.Services, func(a, b *Service) int { return ServiceKey.Compare(a.Key, b.Key) }) {
 		h.t.Errorf("snapshot not sorted:\n%s", s)
 	}
 	return s

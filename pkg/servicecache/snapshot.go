@@ -5,6 +5,7 @@ package servicecache
 import (
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -25,6 +26,15 @@ func (k ServiceKey) Less(o ServiceKey) bool {
 		return k.Namespace < o.Namespace
 	}
 	return k.Name < o.Name
+}
+
+// Compare orders keys as Less does: -1, 0 or +1, for slices.SortFunc and
+// slices.BinarySearchFunc.
+func (k ServiceKey) Compare(o ServiceKey) int {
+	if c := strings.Compare(k.Namespace, o.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(k.Name, o.Name)
 }
 
 // Service is the part of a Service (with its merged EndpointSlices) that the

@@ -66,15 +66,7 @@ func Snapshot(n int) *servicecache.Snapshot {
 
 // SortServices sorts by key.
 func SortServices(svcs []*servicecache.Service) {
-	slices.SortFunc(svcs, func(a, b *servicecache.Service) int {
-		switch {
-		case a.Key.Less(b.Key):
-			return -1
-		case b.Key.Less(a.Key):
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(svcs, func(a, b *servicecache.Service) int { return a.Key.Compare(b.Key) })
 }
 
 // Replace returns a snapshot with svc in place of the Service of the same
@@ -83,13 +75,7 @@ func Replace(s *servicecache.Snapshot, svc *servicecache.Service) *servicecache.
 	out := *s
 	out.Services = slices.Clone(s.Services)
 	i, found := slices.BinarySearchFunc(out.Services, svc.Key, func(a *servicecache.Service, k servicecache.ServiceKey) int {
-		switch {
-		case a.Key.Less(k):
-			return -1
-		case k.Less(a.Key):
-			return 1
-		}
-		return 0
+		return a.Key.Compare(k)
 	})
 	if found {
 		out.Services[i] = svc

@@ -507,7 +507,7 @@ func (s *Scenario) SnapshotOf(node servicecache.Node, svcs []*v1.Service, eps []
 	for _, svc := range byKey {
 		snap.Services = append(snap.Services, svc)
 	}
-	slices.SortFunc(snap.Services, func(a, b *servicecache.Service) int { return CompareKeys(a.Key, b.Key) })
+	slices.SortFunc(snap.Services, func(a, b *servicecache.Service) int { return servicecache.ServiceKey.Compare(a.Key, b.Key) })
 	return snap
 }
 
@@ -518,15 +518,4 @@ func Keys(snap *servicecache.Snapshot) []servicecache.ServiceKey {
 		out = append(out, svc.Key)
 	}
 	return out
-}
-
-// CompareKeys orders keys as snapshots do.
-func CompareKeys(a, b servicecache.ServiceKey) int {
-	switch {
-	case a.Less(b):
-		return -1
-	case b.Less(a):
-		return 1
-	}
-	return 0
 }
