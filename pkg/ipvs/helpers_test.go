@@ -65,7 +65,7 @@ func svc(ns, name string, clusterIPs []netip.Addr, ports ...servicecache.Service
 
 // snapshot sorts the services by key, as the service cache does.
 func snapshot(svcs ...*servicecache.Service) *servicecache.Snapshot {
-	slices.SortFunc(svcs, func(a, b *servicecache.Service) int { return servicecache.ServiceKey.Compare(a.Key, b.Key) })
+	slices.SortFunc(svcs, func(a, b *servicecache.Service) int { return a.Key.Compare(b.Key) })
 	return &servicecache.Snapshot{Services: svcs}
 }
 

@@ -72,7 +72,7 @@ func (h *harness) snapshot() *Snapshot {
 		h.changed[k] = true
 	}
 	if !slices.IsSortedFunc(s.Changed, ServiceKey.Compare) ||
-		!slices.IsSortedFunc(s.Services, func(a, b *Service) int { return ServiceKey.Compare(a.Key, b.Key) }) {
+		!slices.IsSortedFunc(s.Services, func(a, b *Service) int { return a.Key.Compare(b.Key) }) {
 		h.t.Errorf("snapshot not sorted:\n%s", s)
 	}
 	return s

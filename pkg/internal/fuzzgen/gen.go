@@ -507,7 +507,7 @@ func (s *Scenario) SnapshotOf(node servicecache.Node, svcs []*v1.Service, eps []
 	for _, svc := range byKey {
 		snap.Services = append(snap.Services, svc)
 	}
-	slices.SortFunc(snap.Services, func(a, b *servicecache.Service) int { return servicecache.ServiceKey.Compare(a.Key, b.Key) })
+	slices.SortFunc(snap.Services, func(a, b *servicecache.Service) int { return a.Key.Compare(b.Key) })
 	return snap
 }
 
