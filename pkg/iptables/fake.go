@@ -186,15 +186,7 @@ func (t *FakeTables) ListTable(table Table) (map[string][]Rule, error) {
 }
 
 func (t *FakeTables) ListTables(tables []Table) (map[Table]map[string][]Rule, error) {
-	out := make(map[Table]map[string][]Rule, len(tables))
-	for _, table := range tables {
-		chains, err := t.ListTable(table)
-		if err != nil {
-			return nil, err
-		}
-		out[table] = chains
-	}
-	return out, nil
+	return listEach(t, tables)
 }
 
 var builtinTargets = map[string]bool{

@@ -126,14 +126,7 @@ func (t *IptablesTables) ListTables(tables []Table) (map[Table]map[string][]Rule
 		}
 	}
 	if t.savePath == "" {
-		for _, table := range tables {
-			chains, err := t.ListTable(table)
-			if err != nil {
-				return nil, err
-			}
-			out[table] = chains
-		}
-		return out, nil
+		return listEach(t, tables)
 	}
 	cmd := exec.Command(t.savePath)
 	var stdout, stderr bytes.Buffer
@@ -286,4 +279,17 @@ func (t *IptablesTables) DeleteChains(table Table, chains []string) error {
 	}
 	sb.WriteString("COMMIT\n")
 	return t.restore(sb.String())
+}
+
+// listEach is ListTables as one ListTable call per table.
+func listEach(t Tables, tables []Table) (map[Table]map[string][]Rule, error) {
+	out := make(map[Table]map[string][]Rule, len(tables))
+	for _, table := range tables {
+		chains, err := t.ListTable(table)
+		if err != nil {
+			return nil, err
+		}
+		out[table] = chains
+	}
+	return out, nil
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/netip"
 	"strconv"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // parseProcIPVS reads the kernel's /proc/net/ip_vs (`cat /proc/net/ip_vs`,
@@ -74,7 +76,8 @@ func parseProcIPVS(r io.Reader) (map[VSKey][]RealServer, error) {
 			continue
 		}
 		inVS = false
-		proto, ok := procProto(string(f[0]))
+		// The kernel names them as Kubernetes does: TCP, UDP, SCTP.
+		proto, ok := ProtoFromV1(v1.Protocol(f[0]))
 		if !ok {
 			continue // FWM, or a protocol the proxy never programs
 		}
@@ -120,19 +123,6 @@ func fields(line []byte, f *[4][]byte) int {
 		i = j
 	}
 	return n
-}
-
-// procProto maps the kernel's ip_vs_proto_name.
-func procProto(s string) (Proto, bool) {
-	switch s {
-	case "TCP":
-		return ProtoTCP, true
-	case "UDP":
-		return ProtoUDP, true
-	case "SCTP":
-		return ProtoSCTP, true
-	}
-	return 0, false
 }
 
 // parseProcForward maps the kernel's ip_vs_fwd_name. "Local" is what the
