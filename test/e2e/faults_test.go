@@ -199,6 +199,41 @@ func (a *echoApp) ownedState(t *testing.T, node string) string {
 	return b.String()
 }
 
+// settledState is the app's ownedState on node once no namespace of an
+// earlier case is left (their Services, load-balancer rules included, are
+// gone from the cluster) and two reads a second apart agree (the proxy has
+// synced their removal). A snapshot taken earlier would hold another
+// case's objects that go away later, and never match again.
+func settledState(t *testing.T, app *echoApp, node string) string {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	lcEventually(t, "the namespaces of earlier cases are gone", 3*time.Minute, func() (bool, string) {
+		nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var left []string
+		for _, ns := range nss.Items {
+			if strings.HasPrefix(ns.Name, "e2e-") && ns.Name != app.ns {
+				left = append(left, ns.Name+" ("+string(ns.Status.Phase)+")")
+			}
+		}
+		return len(left) == 0, "left: " + strings.Join(left, ", ")
+	})
+	prev := app.ownedState(t, node)
+	var cur string
+	lcEventually(t, node+": the owned state settles", propagateTimeout, func() (bool, string) {
+		time.Sleep(time.Second)
+		cur = app.ownedState(t, node)
+		same := cur == prev
+		prev = cur
+		return same, "still changing; last read:\n" + cur
+	})
+	t.Logf("%s: state settled after %.1fs", node, time.Since(start).Seconds())
+	return cur
+}
+
 // 20 restarts of the proxy on node1, SIGTERM and SIGKILL in turn, some of
 // them right after a Service change (in the middle of its sync), while
 // traffic flows through node1's IPVS: no request fails, no long-lived
@@ -226,7 +261,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	if pod == "" {
 		pod = "pod/" + app.ns + "/" + app.podNames()[0]
 	}
-	before := app.ownedState(t, node)
+	before := settledState(t, app, node)
 
 	l := startLoad(t, node, pod, vip, long, hold)
 	time.Sleep(2 * time.Second)

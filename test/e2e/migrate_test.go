@@ -52,7 +52,7 @@ func TestSwitchBetweenProxies(t *testing.T) {
 	app := newEchoApp(t, "e2e-switch", 2)
 	pod := "pod/" + app.ns + "/" + app.podNames()[0]
 	vip := app.clusterIP() + ":80"
-	before := app.ownedState(t, node)
+	before := settledState(t, app, node)
 	restoreProxyAtEnd(t, node)
 
 	l := startLoad(t, node, pod, vip, long, hold)
