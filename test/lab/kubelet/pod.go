@@ -441,13 +441,16 @@ func (w *podWorker) teardown(sup *supervisor, netw podNetwork) {
 }
 
 // deleteObject finishes a graceful deletion: grace period 0 with a UID
-// precondition, so a new pod of the same name is never hit.
+// precondition, so a new pod of the same name is never hit. It retries
+// until it succeeds or ctx ends, as the kubelet does: an API server that is
+// down for a minute must not leave the pod Terminating for ever (and its
+// namespace with it).
 func (w *podWorker) deleteObject(ctx context.Context) {
 	zero := int64(0)
 	uid := w.uid
 	opts := metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &uid}}
 	backoff := 500 * time.Millisecond
-	for attempt := 1; attempt <= 10; attempt++ {
+	for attempt := 1; ; attempt++ {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := w.k.client.CoreV1().Pods(w.ns).Delete(dctx, w.nm, opts)
 		cancel()
