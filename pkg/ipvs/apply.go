@@ -135,6 +135,11 @@ func (a *Applier) Reconcile(d *Desired) error {
 	if err != nil {
 		return err
 	}
+	if a.unsure(kernel, d) {
+		if err := confirmServices(a.ipvs, kernel); err != nil {
+			return err
+		}
+	}
 
 	owned := make(map[netip.Addr]struct{}, len(kernel.Addresses)+len(d.Addresses)+len(d.NodePortAddresses))
 	for _, list := range [][]netip.Addr{kernel.Addresses, d.Addresses, d.NodePortAddresses} {

@@ -469,3 +469,40 @@ func TestApplierRemovesNodePortServersOnOtherLocalAddresses(t *testing.T) {
 	}
 	r.checkKernel(t, &d.State, keep[0].Key, keep[1].Key)
 }
+
+// The kernel's service dump can miss a server when another namespace's
+// servers change during it. A Service deleted on such a read must not leave
+// its server behind with its address unbound (no longer recognisable as
+// ours): the applier confirms with a second read before unbinding, whether
+// it knew the server (a running proxy) or not (after a restart).
+func TestApplierConfirmsAServerMissingFromTheDump(t *testing.T) {
+	key := VSKey{ip("10.96.0.20"), 80, ProtoTCP}
+	for _, restart := range []bool{false, true} {
+		name := "known server"
+		if restart {
+			name = "after a restart"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := newRig(Config{})
+			r.reconcile(t, webSnap(ep("10.244.1.1", 80, "ready")))
+			if restart {
+				r.a = NewApplier(r.ipvs, r.links)
+			}
+			before, _ := r.ipvs.Dumps()
+			r.ipvs.HideOnNextList(key)
+			r.reconcile(t, snapshot())
+			if after, _ := r.ipvs.Dumps(); after-before != 2 {
+				t.Errorf("%d service dumps, want 2 (the read and its confirmation)", after-before)
+			}
+			r.checkKernel(t, state(nil))
+		})
+	}
+	// Nothing missing and nothing to unbind: one read.
+	r := newRig(Config{})
+	r.reconcile(t, webSnap(ep("10.244.1.1", 80, "ready")))
+	before, _ := r.ipvs.Dumps()
+	r.reconcile(t, webSnap(ep("10.244.1.1", 80, "ready")))
+	if after, _ := r.ipvs.Dumps(); after-before != 1 {
+		t.Errorf("a steady resync made %d service dumps, want 1", after-before)
+	}
+}

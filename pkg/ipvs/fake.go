@@ -71,6 +71,8 @@ type FakeIPVS struct {
 	timeouts Timeouts
 	// Listings are not logged (they change nothing): they are counted.
 	serviceDumps, destDumps int
+	// hidden are left out of the next listing (HideOnNextList).
+	hidden map[VSKey]bool
 }
 
 var _ IPVS = (*FakeIPVS)(nil)
@@ -182,10 +184,25 @@ func (f *FakeIPVS) Services() ([]*VirtualServer, error) {
 	}
 	out := make([]*VirtualServer, 0, len(f.services))
 	for _, vs := range f.services {
-		out = append(out, kernelCopy(vs))
+		if !f.hidden[vs.Key] {
+			out = append(out, kernelCopy(vs))
+		}
 	}
+	f.hidden = nil
 	sortServices(out)
 	return out, nil
+}
+
+// HideOnNextList leaves the given servers out of the next Services call
+// only, as the kernel's dump does when servers of another network
+// namespace change while it runs.
+func (f *FakeIPVS) HideOnNextList(keys ...VSKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hidden = map[VSKey]bool{}
+	for _, k := range keys {
+		f.hidden[k] = true
+	}
 }
 
 // AddService records `ipvsadm -A`.
