@@ -56,6 +56,9 @@ type Options struct {
 	OutDir    string
 	Keep      bool // leave the lab up afterwards
 	Seed      int64
+	// OursEnv is added to our proxy's environment (NAME=VALUE each), to
+	// compare settings such as GOGC in the same VM.
+	OursEnv []string
 }
 
 // DefaultOptions reads BENCH_SIZES (1000,5000,10000), BENCH_UPSTREAM_10K
@@ -63,7 +66,8 @@ type Options struct {
 // BENCH_SCENARIOS (cold,restart,idle,change,churn,floor), BENCH_TIMEOUT
 // (seconds, 2400), BENCH_CHANGES (5), BENCH_CHURN_RATE (50),
 // BENCH_CHURN_SECONDS (120), BENCH_IDLE_SYNCS (3), BENCH_OUT
-// (_output/bench under repo), BENCH_KEEP (1: keep the lab up), BENCH_SEED.
+// (_output/bench under repo), BENCH_KEEP (1: keep the lab up), BENCH_SEED,
+// BENCH_OURS_ENV (NAME=VALUE,... for our proxy).
 func DefaultOptions(repo string) (Options, error) {
 	o := Options{
 		UpstreamMax: 5000, Endpoints: 5, NodePortEvery: 5,
@@ -124,6 +128,12 @@ func DefaultOptions(repo string) (Options, error) {
 		o.OutDir = v
 	}
 	o.Keep = os.Getenv("BENCH_KEEP") == "1"
+	for _, kv := range envList("BENCH_OURS_ENV", "") {
+		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" {
+			return o, fmt.Errorf("BENCH_OURS_ENV: %q: want NAME=VALUE", kv)
+		}
+		o.OursEnv = append(o.OursEnv, kv)
+	}
 	if s, err := envInt("BENCH_SEED", 1); err != nil {
 		return o, err
 	} else {

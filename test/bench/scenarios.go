@@ -211,7 +211,11 @@ func (b *bench) resetNode(ctx context.Context) error {
 
 // startProxy starts proxy on node1 and returns the daemon's name and pid.
 func (b *bench) startProxy(ctx context.Context, proxy, name string) (int, error) {
-	st, err := b.ag.StartDaemon(ctx, agent.DaemonSpec{Name: name, Netns: node, Argv: b.lab.ProxyArgvOf(proxy, node)})
+	spec := agent.DaemonSpec{Name: name, Netns: node, Argv: b.lab.ProxyArgvOf(proxy, node)}
+	if proxy == "ours" {
+		spec.Env = b.opts.OursEnv
+	}
+	st, err := b.ag.StartDaemon(ctx, spec)
 	if err != nil {
 		return 0, fmt.Errorf("starting %s: %w", proxy, err)
 	}

@@ -148,7 +148,16 @@ func Run(ctx context.Context, o *Options) error {
 		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls})
 	go drain(ctx, applier)
 
-	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
+	restoreGC := lowerGCUntilSynced()
+	defer restoreGC()
+	sync := func(ctx context.Context, full bool) error {
+		err := p.Sync(ctx, full)
+		if err == nil {
+			restoreGC()
+		}
+		return err
+	}
+	r := runner.New(sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
 	cache.OnChange(func() {
 		for _, f := range families {
 			health.QueuedUpdate(familyOf(f))
