@@ -31,6 +31,7 @@ func Run(ctx context.Context, o *Options) error {
 	if o.Cleanup {
 		return cleanup(o)
 	}
+	setGCPercent()
 	nodeName, err := o.NodeName()
 	if err != nil {
 		return err
@@ -148,16 +149,7 @@ func Run(ctx context.Context, o *Options) error {
 		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls})
 	go drain(ctx, applier)
 
-	restoreGC := lowerGCUntilSynced()
-	defer restoreGC()
-	sync := func(ctx context.Context, full bool) error {
-		err := p.Sync(ctx, full)
-		if err == nil {
-			restoreGC()
-		}
-		return err
-	}
-	r := runner.New(sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
+	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
 	cache.OnChange(func() {
 		for _, f := range families {
 			health.QueuedUpdate(familyOf(f))
@@ -176,7 +168,7 @@ func Run(ctx context.Context, o *Options) error {
 	if !cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("informer caches did not sync: %w", context.Cause(ctx))
 	}
-	klog.InfoS("Caches synced; starting the sync loop", "node", nodeName, "families", families,
+	klog.InfoS("Caches synced; starting the sync loop", "node", nodeName, "families", fmt.Sprint(families),
 		"scheduler", o.Scheduler(), "syncPeriod", o.IPVSSyncPeriod, "minSyncPeriod", o.EffectiveMinSyncPeriod())
 	health.SyncLoopRunning()
 	r.Loop(ctx)
