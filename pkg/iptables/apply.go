@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"k8s.io/klog/v2"
+
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 )
 
@@ -15,7 +17,7 @@ import (
 // not overlap: the sync loop owns the Applier.
 //
 // Apply reads the kernel (every set's entries, iptables-save of both
-// tables) and repairs any drift. ApplyIncremental trusts what the last
+// tables, unless Generation says no rule changed) and repairs any drift. ApplyIncremental trusts what the last
 // successful Apply or ApplyIncremental left, kept in memory, so a change
 // costs only its own kernel operations, not a dump of every set; a failure
 // forgets that memory, and the next call reads the kernel again.
@@ -23,10 +25,34 @@ type Applier struct {
 	IPSet  IPSet
 	Tables map[Family]Tables
 
+	// Generation, when set, returns the nftables ruleset generation
+	// (NFTGeneration.Get; only for iptables-nft). A full apply that finds
+	// the generation of the last full apply that wrote no rule trusts the
+	// rules it knows instead of listing them again (iptables-save): the
+	// kernel counts every change to any rule. Sets are listed all the
+	// same; they are not nftables objects.
+	Generation func() (uint32, error)
+
 	// known is, per family, the state the kernel had after the last
 	// successful apply.
 	known map[Family]*familyState
+	// gen is the generation at the start of the last full apply that wrote
+	// no rule and failed nowhere (valid when genOK).
+	gen   uint32
+	genOK bool
+	// listings holds each set's last listing, in the kernel's order and
+	// sorted: a hash set lists in the same order while it does not
+	// change, so an unchanged listing needs no sort (tens of thousands of
+	// entries on every full resync).
+	listings map[listingKey]listing
 }
+
+type listingKey struct {
+	family Family
+	set    string
+}
+
+type listing struct{ raw, sorted []Entry }
 
 // familyState is what one family's sets and chains hold. Entry slices are
 // the plans' own (sorted, never modified once planned).
@@ -65,13 +91,31 @@ func (a *Applier) apply(d *Desired, full bool) (Changes, error) {
 		return ch, errors.New("nothing to apply: nil plan")
 	}
 	var errs []error
+	rules := full // list the rules
+	gen, genOK := uint32(0), false
+	if full && a.Generation != nil {
+		var err error
+		if gen, err = a.Generation(); err != nil {
+			// Listing the rules, as without Generation, is always right.
+			klog.InfoS("Listing the rules: the nftables generation cannot be read", "err", err)
+		} else {
+			genOK = true
+			rules = !a.genOK || gen != a.gen
+		}
+	}
+	if full {
+		a.genOK = false
+	}
 	for _, p := range d.Families {
 		if p == nil {
 			continue
 		}
-		if err := a.applyFamily(p, &ch, full); err != nil {
+		if err := a.applyFamily(p, &ch, full, rules); err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", p.Family, err))
 		}
+	}
+	if genOK && len(errs) == 0 && len(ch.ChainsWritten) == 0 && len(ch.JumpsInserted) == 0 {
+		a.gen, a.genOK = gen, true
 	}
 	return ch, errors.Join(errs...)
 }
@@ -83,14 +127,16 @@ type setDiff struct {
 	want     []Entry // the desired entries, sorted
 }
 
-func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
+// applyFamily applies one family: full lists the sets, rules lists the
+// rules (both: against the kernel; neither: against known).
+func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool) error {
 	tables := a.Tables[p.Family]
 	if tables == nil || a.IPSet == nil {
 		return errors.New("applier has no IPSet or no Tables for this family")
 	}
 	known := a.known[p.Family]
 	if known == nil {
-		full = true
+		full, rules = true, true
 	}
 	// Forgotten until this apply succeeds.
 	delete(a.known, p.Family)
@@ -116,7 +162,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 				errs = append(errs, err)
 				continue
 			}
-			have = slices.SortedFunc(slices.Values(listed), compareEntries)
+			have = a.sortListing(listingKey{p.Family, sp.Spec.Name}, listed)
 		}
 		d := diffEntries(sp, have)
 		diffs = append(diffs, d)
@@ -138,7 +184,7 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 
 	// 3. Rewrite the chains that differ, all in one restore.
 	listed := map[Table]map[string][]Rule{}
-	if full {
+	if rules {
 		// iptables-save
 		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpList).Inc()
 		all, err := tables.ListTables([]Table{TableNAT, TableFilter})
@@ -190,9 +236,9 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 
 	// 4. Jumps: inserted at the top when missing (anywhere in the built-in
 	// chain counts, like iptables -C), once their target exists. Checked
-	// against the kernel on full applies only.
+	// against the kernel when the rules were listed.
 	for _, j := range p.Jumps {
-		if !full {
+		if !rules {
 			break
 		}
 		chains := listed[j.Table]
@@ -234,6 +280,20 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full bool) error {
 	}
 	a.known[p.Family] = next
 	return nil
+}
+
+// sortListing returns a set's listing sorted, reusing the last sort when
+// the kernel listed the same entries in the same order.
+func (a *Applier) sortListing(key listingKey, listed []Entry) []Entry {
+	if last, ok := a.listings[key]; ok && slices.Equal(last.raw, listed) {
+		return last.sorted
+	}
+	sorted := slices.SortedFunc(slices.Values(listed), compareEntries)
+	if a.listings == nil {
+		a.listings = map[listingKey]listing{}
+	}
+	a.listings[key] = listing{raw: listed, sorted: sorted}
+	return sorted
 }
 
 // diffEntries compares a set's desired entries with what it holds, both
@@ -292,7 +352,7 @@ func strictlySortedEntries(es []Entry) bool {
 // chains (flushed before any is deleted), then sets (which the kernel
 // refuses to destroy while rules use them). Missing pieces are fine.
 func (a *Applier) Cleanup(families []Family) error {
-	a.known = nil
+	a.known, a.genOK, a.listings = nil, false, nil
 	var errs []error
 	for _, f := range families {
 		tables := a.Tables[f]

@@ -326,3 +326,77 @@ func TestFakesRefuseForeign(t *testing.T) {
 		t.Error("inserted a jump to a foreign chain")
 	}
 }
+
+// A full apply skips listing the rules while the nftables generation is
+// the one of the last full apply that wrote nothing; anything else lists.
+func TestApplyGenerationSkipsListing(t *testing.T) {
+	f := newFakes()
+	gen, genErr := uint32(1), error(nil)
+	calls := 0
+	f.a.Generation = func() (uint32, error) { calls++; return gen, genErr }
+	d := Plan(fullSnapshot(), fullConfig())
+	listings := func() int {
+		n := 0
+		for _, tab := range f.tables {
+			for _, op := range tab.Ops {
+				if strings.HasSuffix(op, " -S") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for i, step := range []struct {
+		name        string
+		gen         uint32
+		err         error
+		incremental bool
+		wantLists   int // nat and filter of two families: 4
+	}{
+		{name: "first apply", gen: 1, wantLists: 4},
+		{name: "our writes moved it", gen: 2, wantLists: 4},
+		{name: "unchanged", gen: 2, wantLists: 0},
+		{name: "incremental: never listed, never asked", gen: 2, incremental: true},
+		{name: "still unchanged", gen: 2, wantLists: 0},
+		{name: "unreadable: listed, no error", gen: 2, err: errors.New("no netlink"), wantLists: 4},
+		{name: "readable again: listed once", gen: 2, wantLists: 4},
+		{name: "unchanged again", gen: 2, wantLists: 0},
+		{name: "moved by someone else", gen: 7, wantLists: 4},
+	} {
+		gen, genErr = step.gen, step.err
+		f.resetOps()
+		before := calls
+		var err error
+		if step.incremental {
+			_, err = f.a.ApplyIncremental(d)
+		} else {
+			_, err = f.a.Apply(d)
+		}
+		if err != nil {
+			t.Fatalf("step %d (%s): %v", i, step.name, err)
+		}
+		if got := listings(); got != step.wantLists {
+			t.Errorf("step %d (%s): %d listings, want %d", i, step.name, got, step.wantLists)
+		}
+		if step.incremental && calls != before {
+			t.Errorf("step %d (%s): the generation was read", i, step.name)
+		}
+	}
+	f.checkMatches(t, d)
+
+	// A failed apply forgets the generation: the next one lists.
+	f.tables[IPv4].Fail["restore"] = errors.New("boom")
+	f.tables[IPv4].Chains[TableNAT]["KUBE-SERVICES"] = nil // drift, so that a restore is due
+	gen = 8
+	if _, err := f.a.Apply(d); err == nil {
+		t.Fatal("apply with a failing restore succeeded")
+	}
+	delete(f.tables[IPv4].Fail, "restore")
+	f.resetOps()
+	if _, err := f.a.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	if got := listings(); got != 4 {
+		t.Errorf("after a failure: %d listings, want 4", got)
+	}
+}

@@ -136,8 +136,74 @@ func newRealApplier(t *testing.T, backend Backend) *Applier {
 			t.Fatal(err)
 		}
 		a.Tables[f] = tables
+		if tables.NFTables() != (backend == BackendNFT) {
+			t.Fatalf("%s: NFTables() = %v", backend, tables.NFTables())
+		}
+	}
+	if backend == BackendNFT {
+		g, err := NewNFTGeneration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Close)
+		a.Generation = g.Get
 	}
 	return a
+}
+
+// countingTables counts the rule listings.
+type countingTables struct {
+	Tables
+	lists *int
+}
+
+func (c countingTables) ListTables(tables []Table) (map[Table]map[string][]Rule, error) {
+	*c.lists++
+	return c.Tables.ListTables(tables)
+}
+
+// With iptables-nft, a full apply lists the rules only when the nftables
+// generation moved since the last full apply that found them in place:
+// any rule change, ours or another tool's, moves it.
+func TestKernelGenerationSkipsListing(t *testing.T) {
+	const backend = BackendNFT
+	requireKernel(t, backend)
+	enterNewNetns(t)
+	a := newRealApplier(t, backend)
+	lists := 0
+	for f, tables := range a.Tables {
+		a.Tables[f] = countingTables{Tables: tables, lists: &lists}
+	}
+	desired := Plan(fullSnapshot(), fullConfig())
+	ipt := "iptables-" + string(backend)
+	for i, step := range []struct {
+		name      string
+		before    func()
+		wantLists int
+		wantEmpty bool
+	}{
+		{"first apply writes the rules", nil, 2, false},
+		{"the generation moved (our writes): listed again", nil, 2, true},
+		{"nothing moved: not listed", nil, 0, true},
+		{"nothing moved, still not listed", func() { run(t, ipt+"-save") }, 0, true},
+		{"another tool's rule: listed", func() { run(t, ipt, "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT") }, 2, true},
+		{"then quiet again", nil, 0, true},
+		{"our chain flushed: listed and repaired", func() { run(t, ipt, "-t", "nat", "-F", "KUBE-SERVICES") }, 2, false},
+		{"the repair moved it: listed once more", nil, 2, true},
+		{"quiet", nil, 0, true},
+	} {
+		if step.before != nil {
+			step.before()
+		}
+		lists = 0
+		ch, err := a.Apply(desired)
+		if err != nil {
+			t.Fatalf("step %d (%s): %v", i, step.name, err)
+		}
+		if lists != step.wantLists || ch.Empty() != step.wantEmpty {
+			t.Errorf("step %d (%s): %d listings, changes %+v; want %d listings, empty %v", i, step.name, lists, ch, step.wantLists, step.wantEmpty)
+		}
+	}
 }
 
 // addForeign creates state that is not ours: a set, a KUBE- chain that

@@ -75,6 +75,7 @@ type IptablesTables struct {
 	path        string // iptables binary, for listing
 	restorePath string
 	savePath    string // iptables-save, "" when there is none
+	nft         bool   // iptables-nft: the rules are nftables objects
 }
 
 var _ Tables = (*IptablesTables)(nil)
@@ -113,8 +114,18 @@ func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
 	if _, err := exec.LookPath(save); err != nil {
 		save = ""
 	}
-	return &IptablesTables{ipt: ipt, path: found, restorePath: restore, savePath: save}, nil
+	// `iptables --version`: "iptables v1.8.9 (nf_tables)" or "(legacy)".
+	version, err := exec.Command(found, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w", found, err)
+	}
+	nft := strings.Contains(string(version), "(nf_tables)")
+	return &IptablesTables{ipt: ipt, path: found, restorePath: restore, savePath: save, nft: nft}, nil
 }
+
+// NFTables reports whether the binaries are iptables-nft, whose rules
+// count in the nftables generation (NFTGeneration).
+func (t *IptablesTables) NFTables() bool { return t.nft }
 
 // ListTables: iptables-save (the tables asked for are picked from its
 // output; a table it does not print has no chains yet).

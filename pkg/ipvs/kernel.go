@@ -108,6 +108,19 @@ func ReadKernel(ipvs IPVS, links Links) (*State, error) {
 func sortServices(vss []*VirtualServer) {
 	slices.SortFunc(vss, func(a, b *VirtualServer) int { return a.Key.Compare(b.Key) })
 	for _, vs := range vss {
-		slices.SortFunc(vs.RealServers, compareRS)
+		sortRealServers(vs.RealServers)
+	}
+}
+
+// sortRealServers sorts a kernel listing of destinations. The kernel lists
+// them newest first, and the proxy adds them in key order, so a listing is
+// usually in reverse order: turned around without a sort.
+func sortRealServers(rss []RealServer) {
+	if slices.IsSortedFunc(rss, compareRS) {
+		return
+	}
+	slices.Reverse(rss)
+	if !slices.IsSortedFunc(rss, compareRS) {
+		slices.SortFunc(rss, compareRS)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -16,6 +15,8 @@ import (
 
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	nsh "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -31,6 +32,17 @@ type KernelIPVS struct {
 	// procFailed: reading /proc/net/ip_vs failed once (logged once; the
 	// netlink reads take over).
 	procFailed bool
+	// so reads the IPv4 table over the IPVS socket options and genl dumps
+	// the services for the IPv6 ones; nil when that cannot be done (then
+	// every read is a netlink dump plus /proc/net/ip_vs).
+	so     *sockoptReader
+	genl   map[int]*nl.SocketHandle
+	family uint16
+	// noIPv6: the last genl dump found no IPv6 service, and this process
+	// has added none since. IPv6 services that appear otherwise are
+	// another tool's, and the dump (which costs as much as the whole
+	// table) is skipped until one of ours is added.
+	noIPv6 bool
 }
 
 var _ IPVS = (*KernelIPVS)(nil)
@@ -44,18 +56,40 @@ func NewKernelIPVS() (*KernelIPVS, error) {
 	runtime.LockOSThread()
 	h, err := libipvs.New("")
 	netns, _ := threadNetns()
+	so, soErr := openSockopt()
+	genl, genlErr := nl.GetNetlinkSocketAt(nsh.None(), nsh.None(), unix.NETLINK_GENERIC)
 	runtime.UnlockOSThread()
 	if err != nil {
+		closeReaders(so, genl)
 		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
 	}
 	// Without IPVS, libipvs.New still succeeds and its calls misbehave
 	// (NewService returns nil, GetServices returns nothing, GetConfig
 	// panics), so ask generic netlink for the family ourselves.
-	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
+	fam, err := netlink.GenlFamilyGet("IPVS")
+	if err != nil {
 		h.Close()
+		closeReaders(so, genl)
 		return nil, fmt.Errorf("%w: %v", ErrIPVSUnavailable, err)
 	}
-	return &KernelIPVS{h: h, netns: netns}, nil
+	k := &KernelIPVS{h: h, netns: netns}
+	if err := errors.Join(soErr, genlErr); err != nil {
+		closeReaders(so, genl)
+		klog.InfoS("Reading IPVS over netlink and /proc/net/ip_vs", "reason", err)
+	} else {
+		k.so, k.family = so, fam.ID
+		k.genl = map[int]*nl.SocketHandle{unix.NETLINK_GENERIC: {Socket: genl}}
+	}
+	return k, nil
+}
+
+func closeReaders(so *sockoptReader, genl *nl.NetlinkSocket) {
+	if so != nil {
+		so.close()
+	}
+	if genl != nil {
+		genl.Close()
+	}
 }
 
 // Close releases the netlink socket.
@@ -63,96 +97,25 @@ func (k *KernelIPVS) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
+	k.dropFastReads()
 }
 
-// Services is `ipvsadm -Sn`: one service dump over netlink, then every
-// destination from one read of /proc/net/ip_vs. The kernel has no netlink
-// request for all destinations at once, and one destination dump per
-// service costs a round trip each (seconds at 10,000 Services): a service
-// the file does not show (created in between, or the file unreadable) has
-// its destinations dumped over netlink.
-func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	svcs, err := k.h.GetServices()
-	if err != nil {
-		return nil, err
+// dropFastReads closes the socket-option and genl readers: every later
+// read takes the netlink and /proc/net/ip_vs path.
+func (k *KernelIPVS) dropFastReads() {
+	if k.so != nil {
+		closeReaders(k.so, k.genl[unix.NETLINK_GENERIC].Socket)
+		k.so, k.genl = nil, nil
 	}
-	var fromProc map[VSKey][]RealServer
-	if len(svcs) > 0 {
-		fromProc = k.procDestinations()
-	}
-	out := make([]*VirtualServer, 0, len(svcs))
-	for _, s := range svcs {
-		vs, ok := fromLibService(s)
-		if !ok {
-			continue // firewall mark or unknown protocol: never ours
-		}
-		if rss, ok := fromProc[vs.Key]; ok {
-			vs.RealServers = rss
-			out = append(out, vs)
-			continue
-		}
-		dsts, err := k.h.GetDestinations(s)
-		if err != nil {
-			return nil, fmt.Errorf("list destinations of %s: %w", vs.Key, err)
-		}
-		vs.RealServers = make([]RealServer, 0, len(dsts))
-		for _, d := range dsts {
-			if rs, ok := fromLibDestination(d); ok {
-				vs.RealServers = append(vs.RealServers, rs)
-			}
-		}
-		out = append(out, vs)
-	}
-	sortServices(out)
-	return out, nil
-}
-
-// procDestinations is `cat /proc/net/ip_vs`: every virtual server's real
-// servers (see parseProcIPVS), read from a thread in the socket's network
-// namespace; nil when that cannot be done.
-func (k *KernelIPVS) procDestinations() map[VSKey][]RealServer {
-	if k.netns == "" || k.procFailed {
-		return nil
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if ns, err := threadNetns(); err != nil || ns != k.netns {
-		return nil // a thread of another namespace (tests switch them)
-	}
-	m, err := readProcIPVS("/proc/thread-self/net/ip_vs")
-	if err != nil {
-		k.procFailed = true
-		klog.InfoS("Reading IPVS destinations over netlink, one dump per virtual server", "reason", err)
-		return nil
-	}
-	return m
-}
-
-func readProcIPVS(path string) (map[VSKey][]RealServer, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	m, err := parseProcIPVS(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return m, nil
-}
-
-// threadNetns names the calling thread's network namespace
-// (`readlink /proc/thread-self/ns/net`, "net:[4026531840]").
-func threadNetns() (string, error) {
-	return os.Readlink("/proc/thread-self/ns/net")
 }
 
 // AddService is `ipvsadm -A -t VIP:PORT -s rr [-p TIMEOUT]`.
 func (k *KernelIPVS) AddService(vs *VirtualServer) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if vs.Key.Addr.Is6() {
+		k.noIPv6 = false
+	}
 	return k.h.NewService(toLibService(vs))
 }
 
@@ -426,23 +389,9 @@ func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	out, err := hostAddrsOf(link.Attrs().Index)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", l.name, err)
-	}
-	out := make([]netip.Addr, 0, len(list))
-	for _, a := range list {
-		if a.IPNet == nil {
-			continue
-		}
-		addr, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		addr = addr.Unmap()
-		if ones, _ := a.Mask.Size(); ones == hostBits(addr) {
-			out = append(out, addr)
-		}
 	}
 	return sortedAddrs(out), nil
 }

@@ -96,6 +96,8 @@ func Run(ctx context.Context, o *Options) error {
 			klog.InfoS("IPv6 is enabled but ip6tables is not usable; programming IPv4 only", "err", err)
 		}
 	}
+	generation, closeGeneration := rulesGeneration(tables)
+	defer closeGeneration()
 
 	restCfg, err := o.RESTConfig()
 	if err != nil {
@@ -145,7 +147,7 @@ func Run(ctx context.Context, o *Options) error {
 		Guard:                  guardCfg,
 		LocalFallbackToCluster: o.ExternalLocalFallback,
 		NotLocal:               o.NotLocal,
-	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables}, health,
+	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables, Generation: generation}, health,
 		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls})
 	go drain(ctx, applier)
 
@@ -289,4 +291,27 @@ func serveForever(ctx context.Context, name string, serve func(context.Context) 
 		case <-time.After(5 * time.Second):
 		}
 	}
+}
+
+// rulesGeneration returns the nftables generation reader when every
+// family's rules are iptables-nft's (a full resync then skips
+// iptables-save while no rule changed), and nil otherwise.
+func rulesGeneration(tables map[iptables.Family]iptables.Tables) (func() (uint32, error), func()) {
+	for _, t := range tables {
+		if it, ok := t.(*iptables.IptablesTables); !ok || !it.NFTables() {
+			return nil, func() {}
+		}
+	}
+	g, err := iptables.NewNFTGeneration()
+	if err == nil {
+		_, err = g.Get()
+		if err != nil {
+			g.Close()
+		}
+	}
+	if err != nil {
+		klog.InfoS("Listing the rules on every full resync: the nftables generation cannot be read", "err", err)
+		return nil, func() {}
+	}
+	return g.Get, g.Close
 }

@@ -1,0 +1,115 @@
+package ipvs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Generic netlink IPVS attributes (include/uapi/linux/ip_vs.h) read by the
+// lean service dump.
+const (
+	genlCmdGetService = 4 // IPVS_CMD_GET_SERVICE
+	genlAttrService   = 1 // IPVS_CMD_ATTR_SERVICE
+
+	svcAttrAF       = 1 // IPVS_SVC_ATTR_AF
+	svcAttrProtocol = 2
+	svcAttrAddr     = 3
+	svcAttrPort     = 4
+	svcAttrFWMark   = 5
+	svcAttrSched    = 6
+	svcAttrFlags    = 7 // struct ip_vs_flags: flags, mask
+	svcAttrTimeout  = 8
+
+	afInet6 = 10 // AF_INET6
+
+	nlaHeader   = 4
+	nlaTypeMask = 0x3fff // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+)
+
+// parseGenlService6 reads one IPVS_CMD_GET_SERVICE answer (the attributes
+// after the generic netlink header) and returns its virtual server when it
+// is an IPv6 TCP, UDP or SCTP address service; IPv4 ones come from the
+// socket options (sockopt.go).
+func parseGenlService6(attrs []byte) (*VirtualServer, error) {
+	var vs *VirtualServer
+	err := walkNLA(attrs, func(typ uint16, val []byte) error {
+		if typ != genlAttrService {
+			return nil
+		}
+		var (
+			af, proto   uint16
+			addr        []byte
+			port        uint16
+			fwmark      uint32
+			sched       string
+			flags, tout uint32
+		)
+		if err := walkNLA(val, func(typ uint16, v []byte) error {
+			switch {
+			case typ == svcAttrAF && len(v) >= 2:
+				af = binary.NativeEndian.Uint16(v)
+			case typ == svcAttrProtocol && len(v) >= 2:
+				proto = binary.NativeEndian.Uint16(v)
+			case typ == svcAttrAddr:
+				addr = v
+			case typ == svcAttrPort && len(v) >= 2:
+				port = binary.BigEndian.Uint16(v)
+			case typ == svcAttrFWMark && len(v) >= 4:
+				fwmark = binary.NativeEndian.Uint32(v)
+			case typ == svcAttrSched:
+				sched = cString(v)
+			case typ == svcAttrFlags && len(v) >= 4:
+				flags = binary.NativeEndian.Uint32(v)
+			case typ == svcAttrTimeout && len(v) >= 4:
+				tout = binary.NativeEndian.Uint32(v)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		p, ok := protoFromNumber(proto)
+		if af != afInet6 || fwmark != 0 || !ok || len(addr) < 16 {
+			return nil
+		}
+		vs = &VirtualServer{
+			Key:       VSKey{Addr: netip.AddrFrom16([16]byte(addr[:16])), Port: port, Proto: p},
+			Scheduler: sched,
+			Flags:     Flags(flags) &^ FlagHashed,
+			Timeout:   tout,
+		}
+		return nil
+	})
+	return vs, err
+}
+
+// cString is a NUL-terminated string attribute.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// walkNLA calls fn for each netlink attribute in b with its type (flags
+// cleared) and payload.
+func walkNLA(b []byte, fn func(typ uint16, val []byte) error) error {
+	for len(b) >= nlaHeader {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		t := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
+		if l < nlaHeader || l > len(b) {
+			return fmt.Errorf("bad netlink attribute length %d (have %d bytes)", l, len(b))
+		}
+		if err := fn(t, b[nlaHeader:l]); err != nil {
+			return err
+		}
+		aligned := (l + 3) &^ 3
+		if aligned >= len(b) {
+			break
+		}
+		b = b[aligned:]
+	}
+	return nil
+}
