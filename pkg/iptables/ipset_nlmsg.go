@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink/nl"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,7 +61,7 @@ func (s *ipsetSocket) typeRevisions(typ SetType, family uint8) (minRev, maxRev u
 		if len(msg) < nl.SizeofNfgenmsg {
 			return true
 		}
-		_ = walkAttrs(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
+		_ = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
 			switch {
 			case t == nl.IPSET_ATTR_REVISION && len(v) >= 1:
 				maxRev, found = v[0], true
@@ -102,11 +104,11 @@ func (s *ipsetSocket) list(spec SetSpec) ([]Entry, error) {
 		if len(msg) < nl.SizeofNfgenmsg {
 			return true
 		}
-		parseErr = walkAttrs(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
+		parseErr = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
 			if t != nl.IPSET_ATTR_ADT {
 				return nil
 			}
-			return walkAttrs(v, func(t uint16, v []byte) error {
+			return nlattr.Walk(v, func(t uint16, v []byte) error {
 				if t != nl.IPSET_ATTR_DATA {
 					return nil
 				}
@@ -135,7 +137,7 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 	var e Entry
 	var ip2 netip.Addr
 	var cidr2 uint8
-	err := walkAttrs(b, func(t uint16, v []byte) error {
+	err := nlattr.Walk(b, func(t uint16, v []byte) error {
 		var err error
 		switch t {
 		case nl.IPSET_ATTR_IP:
@@ -178,7 +180,7 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 // parseNestedAddr reads {IPSET_ATTR_IPADDR_IPV4|IPV6: bytes}.
 func parseNestedAddr(b []byte) (netip.Addr, error) {
 	var a netip.Addr
-	err := walkAttrs(b, func(t uint16, v []byte) error {
+	err := nlattr.Walk(b, func(t uint16, v []byte) error {
 		switch {
 		case t == nl.IPSET_ATTR_IPADDR_IPV4 && len(v) == 4:
 			a = netip.AddrFrom4([4]byte(v))
@@ -190,26 +192,4 @@ func parseNestedAddr(b []byte) (netip.Addr, error) {
 		return nil
 	})
 	return a, err
-}
-
-// walkAttrs calls fn for each netlink attribute in b with its type (nested
-// and byte-order flags cleared) and payload.
-func walkAttrs(b []byte, fn func(typ uint16, val []byte) error) error {
-	const hdr = unix.SizeofNlAttr
-	for len(b) >= hdr {
-		l := int(nl.NativeEndian().Uint16(b[0:2]))
-		t := nl.NativeEndian().Uint16(b[2:4]) & nl.NLA_TYPE_MASK
-		if l < hdr || l > len(b) {
-			return fmt.Errorf("bad netlink attribute length %d (have %d bytes)", l, len(b))
-		}
-		if err := fn(t, b[hdr:l]); err != nil {
-			return err
-		}
-		aligned := (l + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if aligned > len(b) {
-			break
-		}
-		b = b[aligned:]
-	}
-	return nil
 }

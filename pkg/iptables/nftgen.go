@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -55,7 +56,7 @@ func (g *NFTGeneration) Get() (uint32, error) {
 		if len(msg) < nl.SizeofNfgenmsg {
 			return true
 		}
-		_ = walkAttrs(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
+		_ = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
 			if t == nftaGenID && len(v) >= 4 {
 				gen, found = binary.BigEndian.Uint32(v), true
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +52,7 @@ func parseHostAddr(msg []byte, idx int) (netip.Addr, bool, error) {
 		return netip.Addr{}, false, nil
 	}
 	var local, address []byte
-	if err := walkNLA(msg[unix.SizeofIfAddrmsg:], func(typ uint16, v []byte) error {
+	if err := nlattr.Walk(msg[unix.SizeofIfAddrmsg:], func(typ uint16, v []byte) error {
 		switch typ {
 		case unix.IFA_LOCAL:
 			local = v

@@ -2,8 +2,9 @@ package ipvs
 
 import (
 	"encoding/binary"
-	"fmt"
 	"net/netip"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
 )
 
 // Generic netlink IPVS attributes (include/uapi/linux/ip_vs.h) read by the
@@ -22,9 +23,6 @@ const (
 	svcAttrTimeout  = 8
 
 	afInet6 = 10 // AF_INET6
-
-	nlaHeader   = 4
-	nlaTypeMask = 0x3fff // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 )
 
 // parseGenlService6 reads one IPVS_CMD_GET_SERVICE answer (the attributes
@@ -33,7 +31,7 @@ const (
 // socket options (sockopt.go).
 func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 	var vs *VirtualServer
-	err := walkNLA(attrs, func(typ uint16, val []byte) error {
+	err := nlattr.Walk(attrs, func(typ uint16, val []byte) error {
 		if typ != genlAttrService {
 			return nil
 		}
@@ -45,7 +43,7 @@ func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 			sched       string
 			flags, tout uint32
 		)
-		if err := walkNLA(val, func(typ uint16, v []byte) error {
+		if err := nlattr.Walk(val, func(typ uint16, v []byte) error {
 			switch {
 			case typ == svcAttrAF && len(v) >= 2:
 				af = binary.NativeEndian.Uint16(v)
@@ -91,25 +89,4 @@ func cString(b []byte) string {
 		}
 	}
 	return string(b)
-}
-
-// walkNLA calls fn for each netlink attribute in b with its type (flags
-// cleared) and payload.
-func walkNLA(b []byte, fn func(typ uint16, val []byte) error) error {
-	for len(b) >= nlaHeader {
-		l := int(binary.NativeEndian.Uint16(b[0:2]))
-		t := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
-		if l < nlaHeader || l > len(b) {
-			return fmt.Errorf("bad netlink attribute length %d (have %d bytes)", l, len(b))
-		}
-		if err := fn(t, b[nlaHeader:l]); err != nil {
-			return err
-		}
-		aligned := (l + 3) &^ 3
-		if aligned >= len(b) {
-			break
-		}
-		b = b[aligned:]
-	}
-	return nil
 }

@@ -94,7 +94,7 @@ func TestDecodeDests(t *testing.T) {
 
 // genlAttr appends one netlink attribute.
 func genlAttr(b []byte, typ uint16, val []byte) []byte {
-	l := nlaHeader + len(val)
+	l := unix.SizeofNlAttr + len(val)
 	b = binary.NativeEndian.AppendUint16(b, uint16(l))
 	b = binary.NativeEndian.AppendUint16(b, typ)
 	b = append(b, val...)
