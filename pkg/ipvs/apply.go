@@ -84,6 +84,11 @@ type Applier struct {
 	// applied since: no two Services wanted one virtual server (see Known).
 	lastFull Desired
 	knownOK  bool
+	// clean is the digest (digestState) of what the last Reconcile read,
+	// valid (cleanOK) when it found nothing to change and nothing has
+	// been changed since: see Resync.
+	clean   uint64
+	cleanOK bool
 }
 
 // ApplierOptions are the Applier's settings; the zero value is the plain
@@ -125,6 +130,7 @@ func (a *Applier) Reconcile(d *Desired) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.cleanOK = false
 
 	if err := a.links.EnsureLink(); err != nil {
 		return fmt.Errorf("ip link add %s type dummy: %w", DummyLinkName, err)
@@ -135,7 +141,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 	if err != nil {
 		return err
 	}
-	if a.unsure(kernel, d) {
+	unsure := a.unsure(kernel, d)
+	if unsure {
 		if err := confirmServices(a.ipvs, kernel); err != nil {
 			return err
 		}
@@ -217,6 +224,11 @@ func (a *Applier) Reconcile(d *Desired) error {
 		}
 	}
 	_, err = a.execute(ops, target)
+	if len(ops) == 0 && len(a.draining) == 0 && !unsure {
+		// The kernel is as wanted, as read: a later Resync that reads the
+		// same needs nothing.
+		a.clean, a.cleanOK = digestState(kernel), true
+	}
 	return err
 }
 
@@ -234,6 +246,7 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	if !a.synced {
 		return ErrNotReconciled
 	}
+	a.cleanOK = false // the wanted state changes
 	var newBy map[servicecache.ServiceKey][]*VirtualServer
 	if part != nil {
 		if part.Conflicts > 0 {
@@ -338,32 +351,6 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	return err
 }
 
-// Known is the desired state the applier holds: the last Reconcile's plan
-// with every ApplyServices since, which is what Plan computes for the same
-// Services as long as no two of them wanted the same virtual server (which
-// Plan settles in Service order, and per-Service changes cannot). A
-// periodic resync with nothing changed reconciles it instead of planning
-// every Service again. Nil before the first Reconcile or after a conflict.
-// It has no Problems; the caller must not modify it.
-func (a *Applier) Known() *Desired {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.synced || !a.knownOK {
-		return nil
-	}
-	d := a.lastFull
-	d.VirtualServers = maps.Clone(a.desired)
-	d.ByService = a.byService
-	d.Addresses = make([]netip.Addr, 0, len(a.addrRefs))
-	for addr, n := range a.addrRefs {
-		if n > 0 {
-			d.Addresses = append(d.Addresses, addr)
-		}
-	}
-	slices.SortFunc(d.Addresses, netip.Addr.Compare)
-	return &d
-}
-
 func (a *Applier) unref(addr netip.Addr) {
 	if a.addrRefs[addr] <= 1 {
 		delete(a.addrRefs, addr)
@@ -392,6 +379,9 @@ func (a *Applier) Observed() *State {
 func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, err error) {
 	var errs []error
 	ok = make([]bool, len(ops))
+	if len(ops) > 0 {
+		a.cleanOK = false
+	}
 	failed := map[VSKey]bool{}   // keys with at least one failed op
 	notAdded := map[VSKey]bool{} // keys whose add failed: skip their destinations
 	for i, op := range ops {

@@ -157,6 +157,25 @@ func TestKernelReads(t *testing.T) {
 			if tc.want == "" && len(fast) != strings.Count(tc.rules, "-A -t")-strings.Count(tc.rules, "-A -f") {
 				t.Fatalf("read %d services from:\n%s", len(fast), tc.rules)
 			}
+			// The digest read hashes what Services lists, record by record.
+			sum, err := k.Digest()
+			if err != nil {
+				t.Fatalf("Digest: %v", err)
+			}
+			if sum != digestServices(fast) || sum != digestServices(slow) {
+				t.Fatalf("Digest %x, digest of the listing %x, of the netlink listing %x", sum, digestServices(fast), digestServices(slow))
+			}
+			// A weight changed by someone else changes it.
+			if len(fast) > 0 && len(fast[0].RealServers) > 0 {
+				vs, rs := fast[0], fast[0].RealServers[0]
+				rs.Weight++
+				if err := k.UpdateDestination(vs.Key, rs); err != nil {
+					t.Fatal(err)
+				}
+				if after, err := k.Digest(); err != nil || after == sum {
+					t.Fatalf("Digest after a weight change: %x, %v; before %x", after, err, sum)
+				}
+			}
 		})
 	}
 }

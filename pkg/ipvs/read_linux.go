@@ -40,6 +40,32 @@ func (k *KernelIPVS) Services() ([]*VirtualServer, error) {
 	return k.servicesNetlink()
 }
 
+// Digest is digestServices(Services()) without building the table: the
+// IPv4 records are hashed as the socket options return them (see
+// sockoptReader.digest4). IPv6 services, when there are any, are listed
+// as Services lists them. Without the socket options it digests a
+// netlink listing.
+func (k *KernelIPVS) Digest() (uint64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.so == nil {
+		vss, err := k.servicesNetlink()
+		if err != nil {
+			return 0, err
+		}
+		return digestServices(vss), nil
+	}
+	sum, err := k.so.digest4()
+	if err != nil {
+		return 0, err
+	}
+	v6, err := k.servicesIPv6()
+	if err != nil {
+		return 0, err
+	}
+	return sum + digestServices(v6), nil
+}
+
 // manyIPv6 is the number of IPv6 services from which one read of
 // /proc/net/ip_vs (whose cost grows with the whole table) is cheaper than
 // a netlink destination dump per IPv6 service.
@@ -50,8 +76,18 @@ func (k *KernelIPVS) servicesFast() ([]*VirtualServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	v6, err := k.servicesIPv6()
+	if err != nil {
+		return nil, err
+	}
+	return append(out, v6...), nil
+}
+
+// servicesIPv6 lists the IPv6 virtual servers with their real servers,
+// unless noIPv6 says there are none.
+func (k *KernelIPVS) servicesIPv6() ([]*VirtualServer, error) {
 	if k.noIPv6 {
-		return out, nil
+		return nil, nil
 	}
 	v6, err := k.services6()
 	if err != nil {
@@ -67,7 +103,7 @@ func (k *KernelIPVS) servicesFast() ([]*VirtualServer, error) {
 			return nil, err
 		}
 	}
-	return append(out, v6...), nil
+	return v6, nil
 }
 
 // services6 is the genl service dump (`ipvsadm -Ln` without the

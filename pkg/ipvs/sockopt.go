@@ -59,28 +59,52 @@ func decodeServices(b []byte) (out []soService, full bool) {
 	n := (len(b) - soServicesHeader) / soServiceLen
 	out = make([]soService, 0, n)
 	for i := range n {
-		e := b[soServicesHeader+i*soServiceLen:][:soServiceLen]
-		proto := binary.NativeEndian.Uint16(e[0:])
-		if proto == 0 {
+		e := serviceEntry(b, i)
+		if binary.NativeEndian.Uint16(e[0:]) == 0 {
 			return out, false
 		}
-		s := soService{numDests: int(binary.NativeEndian.Uint32(e[44:]))}
-		p, ok := protoFromNumber(proto)
-		if fwmark := binary.NativeEndian.Uint32(e[12:]); ok && fwmark == 0 {
-			sched := e[16:32]
-			if i := bytes.IndexByte(sched, 0); i >= 0 {
-				sched = sched[:i]
-			}
-			s.vs = &VirtualServer{
-				Key:       VSKey{Addr: netip.AddrFrom4([4]byte(e[4:8])), Port: binary.BigEndian.Uint16(e[8:]), Proto: p},
-				Scheduler: schedulerName(sched),
-				Flags:     Flags(binary.NativeEndian.Uint32(e[32:])) &^ FlagHashed,
-				Timeout:   binary.NativeEndian.Uint32(e[36:]),
-			}
+		vs, numDests, ok := decodeService(e)
+		s := soService{numDests: numDests}
+		if ok {
+			s.vs = &vs
 		}
 		out = append(out, s)
 	}
 	return out, true
+}
+
+// serviceEntry is the i-th struct ip_vs_service_entry of a
+// IP_VS_SO_GET_SERVICES answer.
+func serviceEntry(b []byte, i int) []byte {
+	return b[soServicesHeader+i*soServiceLen:][:soServiceLen]
+}
+
+// servicesFull: every slot of the answer was filled (there may be more).
+func servicesFull(b []byte) bool {
+	n := (len(b) - soServicesHeader) / soServiceLen
+	return n == 0 || binary.NativeEndian.Uint16(serviceEntry(b, n-1)) != 0
+}
+
+// decodeService reads one struct ip_vs_service_entry (protocol not 0): the
+// virtual server without its real servers and how many it has; ok is false
+// for a firewall-mark service or an unknown protocol, which the proxy never
+// makes.
+func decodeService(e []byte) (vs VirtualServer, numDests int, ok bool) {
+	numDests = int(binary.NativeEndian.Uint32(e[44:]))
+	p, known := protoFromNumber(binary.NativeEndian.Uint16(e[0:]))
+	if !known || binary.NativeEndian.Uint32(e[12:]) != 0 {
+		return VirtualServer{}, numDests, false
+	}
+	sched := e[16:32]
+	if i := bytes.IndexByte(sched, 0); i >= 0 {
+		sched = sched[:i]
+	}
+	return VirtualServer{
+		Key:       VSKey{Addr: netip.AddrFrom4([4]byte(e[4:8])), Port: binary.BigEndian.Uint16(e[8:]), Proto: p},
+		Scheduler: schedulerName(sched),
+		Flags:     Flags(binary.NativeEndian.Uint32(e[32:])) &^ FlagHashed,
+		Timeout:   binary.NativeEndian.Uint32(e[36:]),
+	}, numDests, true
 }
 
 // encodeGetDests writes into b, soDestsHeader+n*soDestLen long with the
@@ -96,29 +120,34 @@ func encodeGetDests(b []byte, key VSKey, n int) {
 
 // decodeDests reads the destinations the kernel filled in. An entry still
 // zero (address 0.0.0.0, port 0) ends the list, and full says every slot
-// was filled.
-func decodeDests(b []byte) (out []RealServer, full bool) {
+// was filled. The real servers are appended to dst.
+func decodeDests(dst []RealServer, b []byte) (out []RealServer, full bool) {
 	n := (len(b) - soDestsHeader) / soDestLen
 	filled := 0
 	for filled < n && !emptyDest(b[soDestsHeader+filled*soDestLen:]) {
 		filled++
 	}
-	out = make([]RealServer, 0, filled)
+	out = dst
+	if out == nil {
+		out = make([]RealServer, 0, filled)
+	}
 	for i := range filled {
-		e := b[soDestsHeader+i*soDestLen:][:soDestLen]
-		addr := [4]byte(e[0:4])
-		port := binary.BigEndian.Uint16(e[4:])
-		fwd := Forward(binary.NativeEndian.Uint32(e[8:]) & connFwdMask)
-		if fwd == connLocalNode {
-			fwd = ForwardMasq // as in fromLibDestination
-		}
-		out = append(out, RealServer{
-			Key:     RSKey{Addr: netip.AddrFrom4(addr), Port: port},
-			Weight:  int(int32(binary.NativeEndian.Uint32(e[12:]))),
-			Forward: fwd,
-		})
+		out = append(out, decodeDest(b[soDestsHeader+i*soDestLen:][:soDestLen]))
 	}
 	return out, filled == n
+}
+
+// decodeDest reads one struct ip_vs_dest_entry.
+func decodeDest(e []byte) RealServer {
+	fwd := Forward(binary.NativeEndian.Uint32(e[8:]) & connFwdMask)
+	if fwd == connLocalNode {
+		fwd = ForwardMasq // as in fromLibDestination
+	}
+	return RealServer{
+		Key:     RSKey{Addr: netip.AddrFrom4([4]byte(e[0:4])), Port: binary.BigEndian.Uint16(e[4:])},
+		Weight:  int(int32(binary.NativeEndian.Uint32(e[12:]))),
+		Forward: fwd,
+	}
 }
 
 // emptyDest: the slot's address and port are still zero.

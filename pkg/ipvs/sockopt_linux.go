@@ -18,6 +18,10 @@ import (
 type sockoptReader struct {
 	fd  int
 	buf []byte // reused for the destination requests
+	// svcBuf and rsBuf are reused by digest4 (services4 keeps what it
+	// decodes and allocates).
+	svcBuf []byte
+	rsBuf  []RealServer
 }
 
 // openSockopt opens the socket the IPVS socket options are asked on.
@@ -79,7 +83,7 @@ func (r *sockoptReader) services4() (out []*VirtualServer, count int, err error)
 		if s.vs == nil {
 			continue
 		}
-		rss, err := r.dests(s.vs.Key, s.numDests)
+		rss, err := r.dests(nil, s.vs.Key, s.numDests)
 		if errors.Is(err, unix.ESRCH) {
 			continue // deleted since the service listing
 		}
@@ -92,8 +96,59 @@ func (r *sockoptReader) services4() (out []*VirtualServer, count int, err error)
 	return out, len(list), nil
 }
 
-// dests lists one IPv4 service's real servers, about n of them.
-func (r *sockoptReader) dests(key VSKey, n int) ([]RealServer, error) {
+// digest4 is digestServices of what services4 lists, read with the same
+// calls but decoded one record at a time into reused buffers: nothing is
+// kept, nothing sorted, next to nothing allocated.
+func (r *sockoptReader) digest4() (uint64, error) {
+	n, err := r.numServices()
+	if err != nil {
+		return 0, err
+	}
+	var b []byte
+	for capacity := n + 16; ; capacity *= 2 {
+		size := soServicesHeader + capacity*soServiceLen
+		if cap(r.svcBuf) < size {
+			r.svcBuf = make([]byte, size)
+		}
+		b = r.svcBuf[:size]
+		clear(b) // a slot left zero ends the list
+		binary.NativeEndian.PutUint32(b, uint32(capacity))
+		if err := r.get(soGetServices, b); err != nil {
+			return 0, fmt.Errorf("IP_VS_SO_GET_SERVICES: %w", err)
+		}
+		if !servicesFull(b) {
+			break
+		}
+	}
+	var sum uint64
+	for i := range (len(b) - soServicesHeader) / soServiceLen {
+		e := serviceEntry(b, i)
+		if binary.NativeEndian.Uint16(e[0:]) == 0 {
+			break
+		}
+		vs, numDests, ok := decodeService(e)
+		if !ok {
+			continue
+		}
+		rss, err := r.dests(r.rsBuf[:0], vs.Key, numDests)
+		if errors.Is(err, unix.ESRCH) {
+			continue // deleted since the service listing
+		}
+		if err != nil {
+			return 0, err
+		}
+		r.rsBuf = rss
+		sum += hashVS(vs.Key, vs.Scheduler, vs.Flags, vs.Timeout)
+		for _, rs := range rss {
+			sum += hashRS(vs.Key, rs)
+		}
+	}
+	return sum, nil
+}
+
+// dests lists one IPv4 service's real servers, about n of them, appended
+// to dst.
+func (r *sockoptReader) dests(dst []RealServer, key VSKey, n int) ([]RealServer, error) {
 	for capacity := n + 4; ; capacity *= 2 {
 		size := soDestsHeader + capacity*soDestLen
 		if cap(r.buf) < size {
@@ -108,7 +163,7 @@ func (r *sockoptReader) dests(key VSKey, n int) ([]RealServer, error) {
 		if err := r.get(soGetDests, b); err != nil {
 			return nil, fmt.Errorf("IP_VS_SO_GET_DESTS %s: %w", key, err)
 		}
-		if rss, full := decodeDests(b); !full {
+		if rss, full := decodeDests(dst, b); !full {
 			return rss, nil
 		}
 	}

@@ -77,7 +77,7 @@ func TestDecodeDests(t *testing.T) {
 	kernelDest(b, 0, "10.244.1.5", 53, 0, 1)                     // masquerading
 	kernelDest(b, 1, "10.244.1.6", 5353, connLocalNode, 0)       // local node: read as masquerading
 	kernelDest(b, 2, "192.0.2.7", 53, uint32(ForwardTunnel), -1) // negative weights pass through
-	got, full := decodeDests(b)
+	got, full := decodeDests(nil, b)
 	want := []RealServer{
 		{Key: RSKey{ip("10.244.1.5"), 53}, Weight: 1},
 		{Key: RSKey{ip("10.244.1.6"), 5353}, Weight: 0},
@@ -87,7 +87,7 @@ func TestDecodeDests(t *testing.T) {
 		t.Errorf("full %v, got %+v, want %+v", full, got, want)
 	}
 	clear(b[soDestsHeader+2*soDestLen:][:6])
-	if got, full := decodeDests(b); full || len(got) != 2 {
+	if got, full := decodeDests(nil, b); full || len(got) != 2 {
 		t.Errorf("two of three slots: full %v, %+v", full, got)
 	}
 }

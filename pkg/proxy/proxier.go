@@ -183,15 +183,16 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if full {
 		// A quiet resync reconciles what the applier already holds
 		// instead of planning every Service again (nothing changed).
-		var d *ipvs.Desired
+		done, err := false, error(nil)
 		if quiet {
-			d = p.ipvs.Known()
+			done, err = p.ipvs.Resync()
 		}
-		if d == nil {
-			d = ipvs.Plan(snap, ic)
+		if !done {
+			d := ipvs.Plan(snap, ic)
 			p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
+			err = p.ipvs.Reconcile(d)
 		}
-		if err := p.ipvs.Reconcile(d); err != nil {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
 			p.reconciled, p.lastIPVS, p.lastNode, ipvsOK = true, ic, snap.Node, true
