@@ -6,9 +6,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nldump"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,10 +16,9 @@ import (
 // no `ipset` process. It works in the network namespace that was current
 // on the calling thread when it was created, whatever thread calls it later.
 type NetlinkIPSet struct {
-	mu   sync.Mutex // one request at a time per socket; guards revisions
-	h    *netlink.Handle
-	own  ipsetSocket // for the messages the library cannot send
-	sock *nl.NetlinkSocket
+	mu  sync.Mutex // one request at a time per socket; guards revisions
+	h   *netlink.Handle
+	own ipsetSocket // for the messages the library cannot send
 
 	revisions map[revisionKey]uint8
 }
@@ -46,18 +45,14 @@ func NewNetlinkIPSet() (*NetlinkIPSet, error) {
 		h.Close()
 		return nil, fmt.Errorf("setting netlink socket timeout: %w", err)
 	}
-	sock, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_NETFILTER)
+	conn, err := nldump.Open(unix.NETLINK_NETFILTER, nil, socketTimeout)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("opening netlink socket for ipset: %w", err)
 	}
-	tv := unix.NsecToTimeval(socketTimeout.Nanoseconds())
-	_ = sock.SetSendTimeout(&tv)    // never fails: stores the value
-	_ = sock.SetReceiveTimeout(&tv) // idem
 	return &NetlinkIPSet{
 		h:         h,
-		sock:      sock,
-		own:       ipsetSocket{socks: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: sock}}},
+		own:       ipsetSocket{conn: conn},
 		revisions: map[revisionKey]uint8{},
 	}, nil
 }
@@ -65,7 +60,7 @@ func NewNetlinkIPSet() (*NetlinkIPSet, error) {
 // Close releases the sockets.
 func (s *NetlinkIPSet) Close() {
 	s.h.Close()
-	s.sock.Close()
+	s.own.conn.Close()
 }
 
 // preferredRevision caps the revision we create each type at: the first

@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nldump"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,14 +28,17 @@ import (
 //     package on each call, and returns net.IP values we would convert
 //     again. We parse the dump into Entry directly.
 
-// ipsetSocket sends our own ipset requests on one netlink socket.
+// ipsetSocket sends our own ipset requests on one netlink socket, whose
+// receive buffer serves every listing of every resync.
 type ipsetSocket struct {
-	socks map[int]*nl.SocketHandle
+	conn *nldump.Conn
+	// sizeHint is each set's last member count: a listing allocates its
+	// result once, not by doubling.
+	sizeHint map[string]int
 }
 
 func (s *ipsetSocket) request(cmd int, flags int) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), flags)
-	req.Sockets = s.socks
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
 	return req
@@ -57,20 +61,20 @@ func (s *ipsetSocket) typeRevisions(typ SetType, family uint8) (minRev, maxRev u
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_TYPENAME, nl.ZeroTerminated(string(typ))))
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_FAMILY, nl.Uint8Attr(family)))
 	found := false
-	err = req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
+	err = s.conn.Execute(req, 0, func(msg []byte) error {
 		if len(msg) < nl.SizeofNfgenmsg {
-			return true
+			return nil
 		}
-		_ = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
-			switch {
-			case t == nl.IPSET_ATTR_REVISION && len(v) >= 1:
+		it := nlattr.Iter(msg[nl.SizeofNfgenmsg:])
+		for it.Next() {
+			switch v := it.Value(); {
+			case it.Type() == nl.IPSET_ATTR_REVISION && len(v) >= 1:
 				maxRev, found = v[0], true
-			case t == nl.IPSET_ATTR_REVISION_MIN && len(v) >= 1:
+			case it.Type() == nl.IPSET_ATTR_REVISION_MIN && len(v) >= 1:
 				minRev = v[0]
 			}
-			return nil
-		})
-		return true
+		}
+		return nil // a malformed tail leaves what was read
 	})
 	if err != nil {
 		return 0, 0, ipsetErr(err)
@@ -89,8 +93,7 @@ func (s *ipsetSocket) bitmapPort(cmd int, set string, port uint16) error {
 	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
 	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_PORT|int(nl.NLA_F_NET_BYTEORDER), binary.BigEndian.AppendUint16(nil, port)))
 	req.AddData(data)
-	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
-	return ipsetErr(err)
+	return ipsetErr(s.conn.Execute(req, 0, func([]byte) error { return nil }))
 }
 
 // list dumps a set's members (`ipset list NAME`). The kernel may split a
@@ -98,29 +101,14 @@ func (s *ipsetSocket) bitmapPort(cmd int, set string, port uint16) error {
 func (s *ipsetSocket) list(spec SetSpec) ([]Entry, error) {
 	req := s.request(nl.IPSET_CMD_LIST, nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
 	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(spec.Name)))
-	var entries []Entry
+	entries := make([]Entry, 0, s.sizeHint[spec.Name])
 	var parseErr error
-	err := req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
-		if len(msg) < nl.SizeofNfgenmsg {
-			return true
+	err := s.conn.Execute(req, 0, func(msg []byte) error {
+		if parseErr != nil || len(msg) < nl.SizeofNfgenmsg {
+			return nil // after a bad message, the rest is only drained
 		}
-		parseErr = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
-			if t != nl.IPSET_ATTR_ADT {
-				return nil
-			}
-			return nlattr.Walk(v, func(t uint16, v []byte) error {
-				if t != nl.IPSET_ATTR_DATA {
-					return nil
-				}
-				e, err := parseEntry(spec.Type, v)
-				if err != nil {
-					return err
-				}
-				entries = append(entries, e)
-				return nil
-			})
-		})
-		return parseErr == nil
+		entries, parseErr = appendListed(entries, spec.Type, msg[nl.SizeofNfgenmsg:])
+		return nil
 	})
 	if err != nil {
 		return nil, ipsetErr(err)
@@ -128,7 +116,40 @@ func (s *ipsetSocket) list(spec SetSpec) ([]Entry, error) {
 	if parseErr != nil {
 		return nil, fmt.Errorf("parsing members of %s: %w", spec.Name, parseErr)
 	}
+	if s.sizeHint == nil {
+		s.sizeHint = map[string]int{}
+	}
+	s.sizeHint[spec.Name] = len(entries)
+	if len(entries) == 0 {
+		return nil, nil
+	}
 	return entries, nil
+}
+
+// appendListed appends the members in the attributes of one list message
+// (IPSET_ATTR_ADT: IPSET_ATTR_DATA...).
+func appendListed(entries []Entry, typ SetType, attrs []byte) ([]Entry, error) {
+	it := nlattr.Iter(attrs)
+	for it.Next() {
+		if it.Type() != nl.IPSET_ATTR_ADT {
+			continue
+		}
+		adt := nlattr.Iter(it.Value())
+		for adt.Next() {
+			if adt.Type() != nl.IPSET_ATTR_DATA {
+				continue
+			}
+			e, err := parseEntry(typ, adt.Value())
+			if err != nil {
+				return entries, err
+			}
+			entries = append(entries, e)
+		}
+		if err := adt.Err(); err != nil {
+			return entries, err
+		}
+	}
+	return entries, it.Err()
 }
 
 // parseEntry decodes one IPSET_ATTR_DATA of a dump. Attributes we never
@@ -137,32 +158,39 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 	var e Entry
 	var ip2 netip.Addr
 	var cidr2 uint8
-	err := nlattr.Walk(b, func(t uint16, v []byte) error {
+	it := nlattr.Iter(b)
+	for it.Next() {
+		v := it.Value()
 		var err error
-		switch t {
+		switch it.Type() {
 		case nl.IPSET_ATTR_IP:
 			e.IP, err = parseNestedAddr(v)
 		case nl.IPSET_ATTR_IP2:
 			ip2, err = parseNestedAddr(v)
 		case nl.IPSET_ATTR_CIDR2:
 			if len(v) < 1 {
-				return errors.New("short cidr2 attribute")
+				err = errShortCIDR2
+				break
 			}
 			cidr2 = v[0]
 		case nl.IPSET_ATTR_PORT:
 			if len(v) < 2 {
-				return errors.New("short port attribute")
+				err = errShortPort
+				break
 			}
 			e.Port = binary.BigEndian.Uint16(v)
 		case nl.IPSET_ATTR_PROTO:
 			if len(v) < 1 {
-				return errors.New("short proto attribute")
+				err = errShortProto
+				break
 			}
 			e.Proto = Proto(v[0])
 		}
-		return err
-	})
-	if err != nil {
+		if err != nil {
+			return Entry{}, err
+		}
+	}
+	if err := it.Err(); err != nil {
 		return Entry{}, err
 	}
 	switch typ {
@@ -177,19 +205,25 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 	return e, nil
 }
 
+var (
+	errShortCIDR2 = errors.New("short cidr2 attribute")
+	errShortPort  = errors.New("short port attribute")
+	errShortProto = errors.New("short proto attribute")
+)
+
 // parseNestedAddr reads {IPSET_ATTR_IPADDR_IPV4|IPV6: bytes}.
 func parseNestedAddr(b []byte) (netip.Addr, error) {
 	var a netip.Addr
-	err := nlattr.Walk(b, func(t uint16, v []byte) error {
-		switch {
+	it := nlattr.Iter(b)
+	for it.Next() {
+		switch t, v := it.Type(), it.Value(); {
 		case t == nl.IPSET_ATTR_IPADDR_IPV4 && len(v) == 4:
 			a = netip.AddrFrom4([4]byte(v))
 		case t == nl.IPSET_ATTR_IPADDR_IPV6 && len(v) == 16:
 			a = netip.AddrFrom16([16]byte(v))
 		default:
-			return fmt.Errorf("bad address attribute type %d length %d", t, len(v))
+			return a, fmt.Errorf("bad address attribute type %d length %d", t, len(v))
 		}
-		return nil
-	})
-	return a, err
+	}
+	return a, it.Err()
 }

@@ -6,8 +6,8 @@ import (
 	"fmt"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nldump"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,44 +25,39 @@ const (
 // generation means no rule of any table changed, so a full resync can
 // trust the rules it read last time instead of running iptables-save again.
 type NFTGeneration struct {
-	sock  *nl.NetlinkSocket
-	socks map[int]*nl.SocketHandle
+	conn *nldump.Conn
 }
 
 // NewNFTGeneration opens a netfilter netlink socket in the current network
 // namespace.
 func NewNFTGeneration() (*NFTGeneration, error) {
-	sock, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_NETFILTER)
+	conn, err := nldump.Open(unix.NETLINK_NETFILTER, nil, socketTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
 	}
-	tv := unix.NsecToTimeval(socketTimeout.Nanoseconds())
-	_ = sock.SetSendTimeout(&tv)
-	_ = sock.SetReceiveTimeout(&tv)
-	return &NFTGeneration{sock: sock, socks: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: sock}}}, nil
+	return &NFTGeneration{conn: conn}, nil
 }
 
 // Close releases the socket.
-func (g *NFTGeneration) Close() { g.sock.Close() }
+func (g *NFTGeneration) Close() { g.conn.Close() }
 
 // Get returns the current generation.
 func (g *NFTGeneration) Get() (uint32, error) {
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|nftMsgGetGen, 0)
-	req.Sockets = g.socks
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: nl.NFNETLINK_V0})
 	var gen uint32
 	found := false
-	err := req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
+	err := g.conn.Execute(req, 0, func(msg []byte) error {
 		if len(msg) < nl.SizeofNfgenmsg {
-			return true
+			return nil
 		}
-		_ = nlattr.Walk(msg[nl.SizeofNfgenmsg:], func(t uint16, v []byte) error {
-			if t == nftaGenID && len(v) >= 4 {
+		it := nlattr.Iter(msg[nl.SizeofNfgenmsg:])
+		for it.Next() {
+			if v := it.Value(); it.Type() == nftaGenID && len(v) >= 4 {
 				gen, found = binary.BigEndian.Uint32(v), true
 			}
-			return nil
-		})
-		return true
+		}
+		return nil // a malformed tail leaves what was read
 	})
 	if err != nil {
 		return 0, fmt.Errorf("NFT_MSG_GETGEN: %w", err)

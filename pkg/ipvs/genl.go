@@ -31,9 +31,10 @@ const (
 // socket options (sockopt.go).
 func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 	var vs *VirtualServer
-	err := nlattr.Walk(attrs, func(typ uint16, val []byte) error {
-		if typ != genlAttrService {
-			return nil
+	it := nlattr.Iter(attrs)
+	for it.Next() {
+		if it.Type() != genlAttrService {
+			continue
 		}
 		var (
 			af, proto   uint16
@@ -43,7 +44,9 @@ func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 			sched       string
 			flags, tout uint32
 		)
-		if err := nlattr.Walk(val, func(typ uint16, v []byte) error {
+		in := nlattr.Iter(it.Value())
+		for in.Next() {
+			typ, v := in.Type(), in.Value()
 			switch {
 			case typ == svcAttrAF && len(v) >= 2:
 				af = binary.NativeEndian.Uint16(v)
@@ -62,13 +65,13 @@ func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 			case typ == svcAttrTimeout && len(v) >= 4:
 				tout = binary.NativeEndian.Uint32(v)
 			}
-			return nil
-		}); err != nil {
-			return err
+		}
+		if err := in.Err(); err != nil {
+			return vs, err
 		}
 		p, ok := protoFromNumber(proto)
 		if af != afInet6 || fwmark != 0 || !ok || len(addr) < 16 {
-			return nil
+			continue
 		}
 		vs = &VirtualServer{
 			Key:       VSKey{Addr: netip.AddrFrom16([16]byte(addr[:16])), Port: port, Proto: p},
@@ -76,9 +79,8 @@ func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 			Flags:     Flags(flags) &^ FlagHashed,
 			Timeout:   tout,
 		}
-		return nil
-	})
-	return vs, err
+	}
+	return vs, it.Err()
 }
 
 // cString is a NUL-terminated string attribute.

@@ -4,30 +4,68 @@
 package nlattr
 
 import (
+	"encoding/binary"
 	"fmt"
-
-	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/sys/unix"
 )
 
-// Walk calls fn for each netlink attribute in b with its type (nested and
-// byte-order flags cleared) and payload.
-func Walk(b []byte, fn func(typ uint16, val []byte) error) error {
-	const hdr = unix.SizeofNlAttr
-	for len(b) >= hdr {
-		l := int(nl.NativeEndian().Uint16(b[0:2]))
-		t := nl.NativeEndian().Uint16(b[2:4]) & nl.NLA_TYPE_MASK
-		if l < hdr || l > len(b) {
-			return fmt.Errorf("bad netlink attribute length %d (have %d bytes)", l, len(b))
-		}
-		if err := fn(t, b[hdr:l]); err != nil {
-			return err
-		}
-		aligned := (l + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if aligned > len(b) {
-			break
-		}
-		b = b[aligned:]
-	}
-	return nil
+const (
+	hdrLen   = 4      // struct nlattr: u16 length, u16 type
+	alignTo  = 4      // NLA_ALIGNTO
+	typeMask = 0x3fff // NLA_TYPE_MASK: clears NLA_F_NESTED, NLA_F_NET_BYTEORDER
+)
+
+// Iterator steps through the attributes of a buffer without allocating:
+// a full resync parses tens of thousands of ipset members and addresses,
+// and a callback per attribute cost a closure per level each time.
+//
+//	it := nlattr.Iter(b)
+//	for it.Next() {
+//		switch it.Type() { ... it.Value() ... }
+//	}
+//	if err := it.Err(); err != nil { ... }
+//
+// An attribute whose length is shorter than its header or runs past the
+// buffer ends the walk with an error. Fewer trailing bytes than a header,
+// or a last attribute missing its alignment padding, end it quietly.
+type Iterator struct {
+	b   []byte
+	typ uint16
+	val []byte
+	err error
 }
+
+// Iter returns an iterator over the attributes in b.
+func Iter(b []byte) Iterator { return Iterator{b: b} }
+
+// Next moves to the next attribute and reports whether there is one.
+func (it *Iterator) Next() bool {
+	b := it.b
+	if len(b) < hdrLen {
+		it.b, it.val = nil, nil
+		return false
+	}
+	l := int(binary.NativeEndian.Uint16(b[0:2]))
+	if l < hdrLen || l > len(b) {
+		it.err = fmt.Errorf("bad netlink attribute length %d (have %d bytes)", l, len(b))
+		it.b, it.val = nil, nil
+		return false
+	}
+	it.typ = binary.NativeEndian.Uint16(b[2:4]) & typeMask
+	it.val = b[hdrLen:l]
+	if aligned := (l + alignTo - 1) &^ (alignTo - 1); aligned <= len(b) {
+		it.b = b[aligned:]
+	} else {
+		it.b = nil
+	}
+	return true
+}
+
+// Type is the current attribute's type, nested and byte-order flags
+// cleared.
+func (it *Iterator) Type() uint16 { return it.typ }
+
+// Value is the current attribute's payload, a slice of the buffer.
+func (it *Iterator) Value() []byte { return it.val }
+
+// Err is the malformed attribute that ended the walk, if any.
+func (it *Iterator) Err() error { return it.err }
