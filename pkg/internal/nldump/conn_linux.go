@@ -32,6 +32,8 @@ type Conn struct {
 	pid     uint32 // our port id, the kernel's replies carry it
 	timeout time.Duration
 	buf     *Buffer
+	// stale: the last answer was not read to its end (see drain).
+	stale bool
 
 	// The receive's result, in fields so that recvFn, made once, needs
 	// no closure per datagram.
@@ -96,36 +98,46 @@ func (c *Conn) SetStrictCheck() error {
 // or the socket's errors come first, then ErrDumpInterrupted, then fn's.
 //
 // Those other errors (a timeout, a truncated datagram, a malformed message)
-// end the read where it is, as the library does: what is left of the answer
-// is skipped by the next request (its sequence number differs), though
-// the kernel refuses new dumps on the socket (EBUSY) until the old one is
-// read out.
+// end the read where it is, as the library does; the next request first
+// reads out what is left (see drain), so that the kernel does not refuse
+// it with EBUSY, and skips any late reply (its sequence number differs).
 func (c *Conn) Execute(req *nl.NetlinkRequest, resType uint16, fn func(msg []byte) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.send(req.Serialize()); err != nil {
-		return err
-	}
 	if len(c.buf.b) == 0 {
 		c.buf.b = make([]byte, bufSize)
+	}
+	if c.stale {
+		c.drain()
+		c.stale = false
+	}
+	if err := c.send(req.Serialize()); err != nil {
+		return err
 	}
 	w := walker{seq: req.Seq, pid: c.pid, resType: resType, fn: fn}
 	for {
 		n, err := c.receive()
 		if err != nil {
+			c.stale = true
 			return err
 		}
 		if c.from.Pid != 0 {
+			c.stale = true
 			return fmt.Errorf("netlink datagram from port %d, not the kernel", c.from.Pid)
 		}
 		if n < unix.NLMSG_HDRLEN {
+			c.stale = true
 			return fmt.Errorf("short netlink datagram: %d bytes", n)
 		}
 		if n > len(c.buf.b) {
 			c.buf.b = make([]byte, (n+bufSize-1)/bufSize*bufSize)
+			c.stale = true
 			return fmt.Errorf("%w: %d bytes", ErrTruncated, n)
 		}
 		done, err := w.datagram(c.buf.b[:n])
+		if !done && err != nil {
+			c.stale = true
+		}
 		if err != nil {
 			return err
 		}
@@ -134,6 +146,20 @@ func (c *Conn) Execute(req *nl.NetlinkRequest, resType uint16, fn func(msg []byt
 		}
 	}
 	return w.result()
+}
+
+// drain reads out, without waiting, whatever is left of an answer given
+// up on. The kernel fills the next part of a dump as the last one is read
+// and refuses a new dump on the socket (EBUSY) while one runs: reading
+// until nothing is left ends it.
+func (c *Conn) drain() {
+	for range 1 << 16 {
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd),
+			uintptr(unsafe.Pointer(&c.buf.b[0])), uintptr(len(c.buf.b)), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 && errno != unix.EINTR {
+			return // EAGAIN: nothing left
+		}
+	}
 }
 
 func (c *Conn) deadline() time.Time {
