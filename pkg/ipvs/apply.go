@@ -163,6 +163,7 @@ func (a *Applier) Reconcile(d *Desired) error {
 	for _, addr := range d.LocalAddresses {
 		local[addr.Unmap()] = struct{}{}
 	}
+	var others uint64 // the digest of the servers of others
 	for key, vs := range kernel.VirtualServers {
 		_, mine := owned[key.Addr]
 		if _, isLocal := local[key.Addr]; isLocal && DefaultNodePortRange.Contains(key.Port) {
@@ -170,6 +171,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 		}
 		if mine || a.observed[key] != nil {
 			obs.VirtualServers[key] = vs
+		} else {
+			others += digestVS(vs) // for expectedDigest
 		}
 	}
 	// Draining real servers whose virtual server is gone are done.
@@ -224,12 +227,34 @@ func (a *Applier) Reconcile(d *Desired) error {
 		}
 	}
 	_, err = a.execute(ops, target)
-	if len(ops) == 0 && len(a.draining) == 0 && !unsure {
+	switch {
+	case len(a.draining) > 0:
+	case len(ops) == 0 && !unsure:
 		// The kernel is as wanted, as read: a later Resync that reads the
 		// same needs nothing.
 		a.clean, a.cleanOK = digestState(kernel), true
+	case len(ops) > 0 && err == nil:
+		// Every op succeeded: the kernel should now hold the servers of
+		// others as read and ours as the applier holds them. Should it
+		// not, the next Resync reconciles in full.
+		a.clean, a.cleanOK = a.expectedDigest(others), true
 	}
 	return err
+}
+
+// expectedDigest is the digestState the kernel should read as once every
+// op of a Reconcile has succeeded: others (the digest of the servers
+// that are not the applier's, as read) plus what the applier now holds.
+func (a *Applier) expectedDigest(others uint64) uint64 {
+	sum := others
+	for _, vs := range a.observed {
+		sum += digestVS(vs)
+	}
+	var addrs uint64
+	for addr := range a.addrs {
+		addrs += hashAddr(addr)
+	}
+	return sum ^ bitsMix(addrs)
 }
 
 // ApplyServices applies the plan of the Services named by keys (a
