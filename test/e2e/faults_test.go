@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -461,26 +462,57 @@ func TestDriftIsRepaired(t *testing.T) {
 		}
 	}
 	vsBack := has([]string{"ipvsadm", "-Ln", "-t", vip}, rs)
+	// realServers lists the virtual server's real servers with their
+	// weights, "ADDR:PORT WEIGHT" each, sorted, from ipvsadm -Ln.
+	realServers := func() []string {
+		out, err := lab.Output(ctx, node, "ipvsadm", "-Ln", "-t", vip)
+		if err != nil {
+			return nil
+		}
+		var rss []string
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" {
+				rss = append(rss, f[1]+" "+f[3])
+			}
+		}
+		slices.Sort(rss)
+		return rss
+	}
+	rssBefore := realServers()
+	rssBack := func() bool { return slices.Equal(realServers(), rssBefore) }
+	const stranger = "10.244.99.99:8080"
 	cases := []struct {
 		name     string
 		drift    [][]string
 		repaired func() bool
-		upstream bool // upstream kube-proxy repairs it too
+		upstream bool       // upstream kube-proxy repairs it too
+		undo     [][]string // when upstream does not
 	}{
 		// First: it also clears another tool's virtual servers, which
 		// the case adds after it.
-		{"every virtual server gone (ipvsadm -C)", [][]string{{"ipvsadm", "-C"}}, vsBack, true},
+		{"every virtual server gone (ipvsadm -C)", [][]string{{"ipvsadm", "-C"}}, vsBack, true, nil},
 		{"our chain flushed (iptables -t nat -F KUBE-SERVICES)", [][]string{{"iptables", "-t", "nat", "-F", "KUBE-SERVICES"}},
-			has([]string{"iptables", "-t", "nat", "-S", "KUBE-SERVICES"}, "KUBE-CLUSTER-IP"), true},
+			has([]string{"iptables", "-t", "nat", "-S", "KUBE-SERVICES"}, "KUBE-CLUSTER-IP"), true, nil},
 		{"an ipset flushed (ipset flush KUBE-CLUSTER-IP)", [][]string{{"ipset", "flush", "KUBE-CLUSTER-IP"}},
-			has([]string{"ipset", "list", "KUBE-CLUSTER-IP"}, cip+",tcp:80"), true},
-		{"a real server deleted (ipvsadm -d)", [][]string{{"ipvsadm", "-d", "-t", vip, "-r", rs}}, vsBack, true},
+			has([]string{"ipset", "list", "KUBE-CLUSTER-IP"}, cip+",tcp:80"), true, nil},
+		{"a real server deleted (ipvsadm -d)", [][]string{{"ipvsadm", "-d", "-t", vip, "-r", rs}}, vsBack, true, nil},
+		// The same number of real servers, so that only reading them all
+		// finds these.
+		{"a real server replaced by another (ipvsadm -d, ipvsadm -a)", [][]string{
+			{"ipvsadm", "-d", "-t", vip, "-r", rs}, {"ipvsadm", "-a", "-t", vip, "-r", stranger, "-m", "-w", "1"},
+		}, rssBack, true, nil},
+		// Upstream resets weights at its first sync only.
+		{"a real server's weight set to 0 (ipvsadm -e)", [][]string{{"ipvsadm", "-e", "-t", vip, "-r", rs, "-m", "-w", "0"}},
+			rssBack, false, [][]string{{"ipvsadm", "-e", "-t", vip, "-r", rs, "-m", "-w", "1"}}},
+		{"the scheduler changed (ipvsadm -E -s wlc)", [][]string{{"ipvsadm", "-E", "-t", vip, "-s", "wlc"}},
+			has([]string{"ipvsadm", "-Ln", "-t", vip}, " rr"), true, nil},
 		{"a VIP removed from kube-ipvs0", [][]string{{"ip", "addr", "del", cip + "/32", "dev", "kube-ipvs0"}},
-			has([]string{"ip", "-o", "addr", "show", "dev", "kube-ipvs0"}, " "+cip+"/32 "), true},
+			has([]string{"ip", "-o", "addr", "show", "dev", "kube-ipvs0"}, " "+cip+"/32 "), true, nil},
 		{"kube-ipvs0 deleted", [][]string{{"ip", "link", "del", "kube-ipvs0"}},
-			has([]string{"ip", "-o", "addr", "show", "dev", "kube-ipvs0"}, " "+cip+"/32 "), true},
+			has([]string{"ip", "-o", "addr", "show", "dev", "kube-ipvs0"}, " "+cip+"/32 "), true, nil},
 		{"a sysctl flipped (net.ipv4.vs.conntrack=0)", [][]string{{"sysctl", "-w", "net.ipv4.vs.conntrack=0"}},
-			has([]string{"sysctl", "-n", "net.ipv4.vs.conntrack"}, "1"), false},
+			has([]string{"sysctl", "-n", "net.ipv4.vs.conntrack"}, "1"), false,
+			[][]string{{"sysctl", "-w", "net.ipv4.vs.conntrack=1"}}},
 	}
 	for _, c := range cases {
 		for _, argv := range c.drift {
@@ -493,8 +525,10 @@ func TestDriftIsRepaired(t *testing.T) {
 			if c.repaired() {
 				t.Errorf("step: %s: upstream repaired it; the case says it does not", c.name)
 			}
-			addFaultRow(faultRow{"drift: " + c.name, "-", "-", "not repaired (upstream sets sysctls only at start)"})
-			nodeOutput(t, node, "sysctl", "-w", "net.ipv4.vs.conntrack=1")
+			addFaultRow(faultRow{"drift: " + c.name, "-", "-", "not repaired (upstream sets sysctls and weights only at start)"})
+			for _, argv := range c.undo {
+				nodeOutput(t, node, argv...)
+			}
 			continue
 		}
 		for !c.repaired() {
