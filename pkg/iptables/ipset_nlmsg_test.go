@@ -7,31 +7,19 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/internal/nlattr"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 )
 
 // nla is one netlink attribute, padded.
-func nla(typ uint16, val ...byte) []byte {
-	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(val)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, val...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
+func nla(typ uint16, val ...byte) []byte { return nlattr.Append(nil, typ, val...) }
 
-func cat(bs ...[]byte) []byte {
-	var out []byte
-	for _, b := range bs {
-		out = append(out, b...)
-	}
-	return out
-}
+func cat(bs ...[]byte) []byte { return slices.Concat(bs...) }
 
 // nestedAddr is an IPSET_ATTR_IP or IPSET_ATTR_IP2 as the kernel lists it.
 func nestedAddr(typ uint16, s string) []byte {

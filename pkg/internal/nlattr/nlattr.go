@@ -69,3 +69,15 @@ func (it *Iterator) Value() []byte { return it.val }
 
 // Err is the malformed attribute that ended the walk, if any.
 func (it *Iterator) Err() error { return it.err }
+
+// Append appends one attribute, padded to the alignment, to b: the inverse
+// of the walk, for building answers in tests.
+func Append(b []byte, typ uint16, val ...byte) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(hdrLen+len(val)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, val...)
+	for len(b)%alignTo != 0 {
+		b = append(b, 0)
+	}
+	return b
+}

@@ -1,29 +1,15 @@
 package nlattr
 
 import (
-	"encoding/binary"
 	"reflect"
+	"slices"
 	"testing"
 )
 
 // attr is one attribute: header, payload, padding to 4 bytes.
-func attr(typ uint16, val ...byte) []byte {
-	b := binary.NativeEndian.AppendUint16(nil, uint16(hdrLen+len(val)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, val...)
-	for len(b)%alignTo != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
+func attr(typ uint16, val ...byte) []byte { return Append(nil, typ, val...) }
 
-func cat(bs ...[]byte) []byte {
-	var out []byte
-	for _, b := range bs {
-		out = append(out, b...)
-	}
-	return out
-}
+func cat(bs ...[]byte) []byte { return slices.Concat(bs...) }
 
 type seen struct {
 	Type uint16
