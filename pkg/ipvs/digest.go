@@ -118,9 +118,7 @@ func digestState(st *State) uint64 {
 			sum += digestVS(vs)
 		}
 	}
-	// The addresses' digest is kept apart from the table's, so that an
-	// address and a virtual server never cancel out.
-	return sum ^ bitsMix(digestAddrs(st.Addresses))
+	return withAddrs(sum, digestAddrs(st.Addresses))
 }
 
 // kernelDigest digests the table (with the reader's Digest when it has one)
@@ -144,8 +142,12 @@ func kernelDigest(ipvs IPVS, links Links) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return table ^ bitsMix(digestAddrs(addrs)), nil
+	return withAddrs(table, digestAddrs(addrs)), nil
 }
+
+// withAddrs combines a table's digest with its addresses'. The addresses'
+// is mixed apart, so that an address and a virtual server never cancel out.
+func withAddrs(table, addrs uint64) uint64 { return table ^ bitsMix(addrs) }
 
 // bitsMix is a bijective 64-bit mixer (the SplitMix64 finalizer).
 func bitsMix(x uint64) uint64 {

@@ -75,3 +75,18 @@ func (a *Applier) unchanged() bool {
 	}
 	return sum == a.clean
 }
+
+// expectedDigest is the digestState the kernel should read as once every
+// op of a Reconcile has succeeded: others (the digest of the servers
+// that are not the applier's, as read) plus what the applier now holds.
+func (a *Applier) expectedDigest(others uint64) uint64 {
+	sum := others
+	for _, vs := range a.observed {
+		sum += digestVS(vs)
+	}
+	var addrs uint64
+	for addr := range a.addrs {
+		addrs += hashAddr(addr)
+	}
+	return withAddrs(sum, addrs)
+}
