@@ -226,6 +226,43 @@ var (
 		},
 		[]string{"subsystem"},
 	)
+
+	// ServicesFailed is how many Services the kernel refused to program in
+	// part or whole at the last sync (a scheduler it cannot load, an
+	// address it refuses, a full ipset). Each also has a Warning Event and
+	// a log line; the rest of the node's Services are unaffected.
+	ServicesFailed = metrics.NewGauge(
+		&metrics.GaugeOpts{
+			Namespace:      ownNamespace,
+			Name:           "services_failed",
+			Help:           "Number of Services the kernel refused to program at the last sync; they are retried with backoff",
+			StabilityLevel: metrics.ALPHA,
+		},
+	)
+
+	// ServicesFailedTotal counts kernel refusals per reason.
+	ServicesFailedTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Namespace:      ownNamespace,
+			Name:           "service_failures_total",
+			Help:           "Cumulative kernel operations refused because of one Service's content, by reason",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"reason"},
+	)
+
+	// NodeProblem is 1 for each problem with this node's own Node object
+	// that keeps the proxy from serving NodePorts or local endpoints (no
+	// Node object by that name, no addresses), 0 once it is gone.
+	NodeProblem = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Namespace:      ownNamespace,
+			Name:           "node_problem",
+			Help:           "1 while the proxy's own Node object has the problem named by reason (NodeNotFound, NodeWithoutAddresses), else 0",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"reason"},
+	)
 )
 
 // all lists every collector Register registers.
@@ -245,6 +282,9 @@ var all = []metrics.Registerable{
 	NetlinkOperationsTotal,
 	SyncObjectsChanged,
 	DriftRepairedTotal,
+	ServicesFailed,
+	ServicesFailedTotal,
+	NodeProblem,
 }
 
 var registerOnce sync.Once
