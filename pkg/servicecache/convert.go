@@ -55,9 +55,10 @@ func ConvertService(svc *v1.Service) (out *Service, skip string, notes []string)
 	}
 
 	s := &Service{
-		Key:  ServiceKey{Namespace: svc.Namespace, Name: svc.Name},
-		UID:  svc.UID,
-		Type: svc.Spec.Type,
+		Key:     ServiceKey{Namespace: svc.Namespace, Name: svc.Name},
+		UID:     svc.UID,
+		Type:    svc.Spec.Type,
+		Created: svc.CreationTimestamp.Time,
 	}
 	var fams ipFamilies
 	for _, str := range raw {
@@ -183,6 +184,7 @@ func convertExternal(svc *v1.Service, s *Service, fams ipFamilies, notes []strin
 	// Ranges of every family are kept: a range of the other family simply
 	// matches no client of this VIP. Validation used to allow spaces around
 	// the value, which parsePrefix trims.
+	s.SourceRangesRequested = len(svc.Spec.LoadBalancerSourceRanges) > 0
 	for _, str := range svc.Spec.LoadBalancerSourceRanges {
 		p, err := parsePrefix(str)
 		if err != nil {

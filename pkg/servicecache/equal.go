@@ -18,6 +18,8 @@ func (s *Service) Equal(o *Service) bool {
 	return s.Key == o.Key &&
 		s.UID == o.UID &&
 		s.Type == o.Type &&
+		s.Created.Equal(o.Created) &&
+		s.SourceRangesRequested == o.SourceRangesRequested &&
 		slices.Equal(s.ClusterIPs, o.ClusterIPs) &&
 		slices.Equal(s.ExternalIPs, o.ExternalIPs) &&
 		slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) &&

@@ -45,6 +45,9 @@ type Service struct {
 	// UID is the Service object's, for Events about it.
 	UID  types.UID
 	Type v1.ServiceType
+	// Created is the Service's creationTimestamp: of two Services claiming
+	// one external or load-balancer address and port, the older keeps it.
+	Created time.Time
 
 	// ClusterIPs holds the valid cluster IPs, primary family first.
 	ClusterIPs []netip.Addr
@@ -52,8 +55,13 @@ type Service struct {
 	ExternalIPs []netip.Addr
 	// LoadBalancerIPs from status.loadBalancer.ingress in VIP mode, sorted.
 	LoadBalancerIPs []netip.Addr
-	// LoadBalancerSourceRanges, sorted; empty means no restriction.
+	// LoadBalancerSourceRanges, sorted; empty means no restriction unless
+	// SourceRangesRequested.
 	LoadBalancerSourceRanges []netip.Prefix
+	// SourceRangesRequested: spec.loadBalancerSourceRanges was not empty,
+	// even if no range in it could be parsed. Filtering then fails closed:
+	// a family without a usable range gets no traffic from outside.
+	SourceRangesRequested bool
 
 	// AffinityTimeoutSeconds is >0 when sessionAffinity is ClientIP.
 	AffinityTimeoutSeconds int32
