@@ -6,10 +6,16 @@
 // running collapse into one sync; two syncs start at least MinInterval
 // apart; a full resync runs at least every SyncPeriod; a failed sync is
 // retried as a full resync after a backoff that doubles up to MaxBackoff.
+// A change triggered during that backoff does not wait for it: it is synced
+// after MinInterval, so that a failing step (iptables behind a held lock)
+// never holds back the others (IPVS) for longer than one sync.
+// TriggerAt asks for a sync at a given time (a per-Service retry whose
+// backoff ends then).
 package runner
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -30,6 +36,10 @@ type Runner struct {
 	clock       clock.WithTicker
 
 	trigger chan struct{}
+	// wake makes the loop look at `at` again.
+	wake chan struct{}
+	mu   sync.Mutex
+	at   time.Time // TriggerAt's earliest time not yet synced (zero: none)
 }
 
 // Options configure a Runner. Zero values take the defaults.
@@ -45,7 +55,7 @@ type Options struct {
 func New(sync SyncFunc, o Options) *Runner {
 	r := &Runner{sync: sync, minInterval: o.MinInterval, syncPeriod: o.SyncPeriod,
 		minBackoff: o.MinBackoff, maxBackoff: o.MaxBackoff, clock: o.Clock,
-		trigger: make(chan struct{}, 1)}
+		trigger: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	if r.minInterval <= 0 {
 		// kube-proxy's IPVS mode never syncs more than once a second.
 		r.minInterval = time.Second
@@ -73,6 +83,27 @@ func (r *Runner) Trigger() {
 	}
 }
 
+// TriggerAt asks for a sync at t (the earliest time asked since the last
+// sync wins); it never blocks.
+func (r *Runner) TriggerAt(t time.Time) {
+	r.mu.Lock()
+	if r.at.IsZero() || t.Before(r.at) {
+		r.at = t
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// due returns the time TriggerAt asked for (zero: none).
+func (r *Runner) due() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.at
+}
+
 // Loop runs syncs until ctx is done. The first sync is a full one and runs
 // at once.
 func (r *Runner) Loop(ctx context.Context) {
@@ -80,6 +111,9 @@ func (r *Runner) Loop(ctx context.Context) {
 		lastStart time.Time
 		pending   = true // the first, full sync
 		full      = true
+		// triggered: a change is pending, which waits only for the
+		// minimum interval, not for a failure's backoff.
+		triggered = false
 		backoff   time.Duration
 		nextFull  = r.clock.Now().Add(r.syncPeriod)
 	)
@@ -90,7 +124,7 @@ func (r *Runner) Loop(ctx context.Context) {
 		case pending:
 			// Respect the minimum interval (and the backoff after a failure).
 			gap := r.minInterval
-			if backoff > gap {
+			if backoff > gap && !triggered {
 				gap = backoff
 			}
 			if !lastStart.IsZero() {
@@ -98,6 +132,9 @@ func (r *Runner) Loop(ctx context.Context) {
 			}
 		default:
 			wait = nextFull.Sub(now)
+			if at := r.due(); !at.IsZero() && at.Before(nextFull) {
+				wait = at.Sub(now)
+			}
 		}
 		if wait > 0 {
 			timer := r.clock.NewTimer(wait)
@@ -107,12 +144,19 @@ func (r *Runner) Loop(ctx context.Context) {
 				return
 			case <-r.trigger:
 				timer.Stop()
-				pending = true
+				pending, triggered = true, true
+				continue
+			case <-r.wake:
+				timer.Stop()
 				continue
 			case <-timer.C():
 				if !pending {
-					// The periodic resync is due.
-					pending, full = true, true
+					// The periodic resync, or a retry asked for, is due.
+					if at := r.due(); !at.IsZero() && !r.clock.Now().Before(at) {
+						pending = true
+					} else {
+						pending, full = true, true
+					}
 				}
 				continue
 			}
@@ -131,6 +175,12 @@ func (r *Runner) Loop(ctx context.Context) {
 			full = true
 		}
 		lastStart = r.clock.Now()
+		r.mu.Lock()
+		if !r.at.IsZero() && !lastStart.Before(r.at) {
+			r.at = time.Time{} // this sync is the retry asked for
+		}
+		r.mu.Unlock()
+		triggered = false
 		err := r.sync(ctx, full)
 		if err != nil {
 			if backoff == 0 {

@@ -148,3 +148,53 @@ func TestFailureRetriesWithBackoffAsFull(t *testing.T) {
 	waitTimer(t, clk)
 	none(t, rec)
 }
+
+// A change triggered while a failed sync waits for its backoff is synced
+// after the minimum interval: a failing step never holds the others back
+// for longer than one sync.
+func TestTriggerDuringBackoffWaitsOnlyMinInterval(t *testing.T) {
+	r, rec, clk, stop := start(t, Options{MinInterval: time.Second, SyncPeriod: time.Hour, MinBackoff: 8 * time.Second, MaxBackoff: 8 * time.Second})
+	defer stop()
+	rec.mu.Lock()
+	rec.fail = 2
+	rec.mu.Unlock()
+	next(t, rec) // the first sync fails: the retry waits 8s
+	waitTimer(t, clk)
+	r.Trigger()
+	waitTimer(t, clk)
+	clk.Step(time.Second - time.Millisecond)
+	none(t, rec)
+	waitTimer(t, clk)
+	clk.Step(time.Millisecond)
+	if !next(t, rec) {
+		t.Fatal("the sync after a failure should be full")
+	}
+	// That one failed too, with nothing triggered: the backoff applies.
+	waitTimer(t, clk)
+	clk.Step(8*time.Second - time.Millisecond)
+	none(t, rec)
+	waitTimer(t, clk)
+	clk.Step(time.Millisecond)
+	next(t, rec)
+}
+
+// TriggerAt syncs at the time asked for, incrementally, and only once.
+func TestTriggerAt(t *testing.T) {
+	r, rec, clk, stop := start(t, Options{MinInterval: time.Second, SyncPeriod: time.Hour})
+	defer stop()
+	next(t, rec)
+	waitTimer(t, clk)
+	r.TriggerAt(clk.Now().Add(5 * time.Second))
+	r.TriggerAt(clk.Now().Add(9 * time.Second)) // later: the earlier wins
+	waitTimer(t, clk)
+	clk.Step(5*time.Second - time.Millisecond)
+	none(t, rec)
+	waitTimer(t, clk)
+	clk.Step(time.Millisecond)
+	if next(t, rec) {
+		t.Fatal("a retry asked for should be an incremental sync")
+	}
+	waitTimer(t, clk)
+	clk.Step(10 * time.Second)
+	none(t, rec)
+}
