@@ -9,8 +9,9 @@
 //     family. The fixed parts (set names and types, chains, jumps, which set
 //     feeds which rule) are declared as data in skeleton.go.
 //   - IPSet and Tables are small kernel interfaces: NetlinkIPSet speaks
-//     netlink (no `ipset` process), IptablesTables runs iptables through
-//     go-iptables and iptables-restore --noflush. FakeIPSet and FakeTables
+//     netlink (no `ipset` process), IptablesTables runs iptables,
+//     iptables-save and iptables-restore --noflush, each with a bounded
+//     wait for the xtables lock and a timeout. FakeIPSet and FakeTables
 //     record operations for tests.
 //   - Applier diffs Desired against what the kernel has and changes only
 //     the difference.

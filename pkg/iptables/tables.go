@@ -1,15 +1,15 @@
 package iptables
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
-
-	goiptables "github.com/coreos/go-iptables/iptables"
+	"time"
 )
 
 // Tables manages our chains in one family's iptables (iptables or
@@ -64,18 +64,21 @@ const (
 	BackendLegacy  Backend = "legacy" // iptables-legacy / ip6tables-legacy
 )
 
-// IptablesTables is the real Tables: jumps through go-iptables (which
-// takes the xtables lock with --wait), chain contents and chain deletion
-// through iptables-restore --noflush --wait, and listing through one
-// `iptables -S` per table. Listing chain by chain would cost a process per
-// chain, and iptables-nft 1.8.9 reports a missing chain as "incompatible",
-// which cannot be told apart from a real problem.
+// IptablesTables is the real Tables: jumps through iptables -I/-D, chain
+// contents and chain deletion through iptables-restore --noflush, and
+// listing through iptables-save (or one `iptables -S` per table). Listing
+// chain by chain would cost a process per chain, and iptables-nft 1.8.9
+// reports a missing chain as "incompatible", which cannot be told apart
+// from a real problem. Every process waits at most lockWait for the
+// xtables lock and is killed after its timeout (see command.go).
 type IptablesTables struct {
-	ipt         *goiptables.IPTables
-	path        string // iptables binary, for listing
+	path        string // iptables binary
 	restorePath string
 	savePath    string // iptables-save, "" when there is none
 	nft         bool   // iptables-nft: the rules are nftables objects
+
+	// Timeouts of the processes: restoreTimeout and commandTimeout.
+	restoreTimeout, commandTimeout time.Duration
 }
 
 var _ Tables = (*IptablesTables)(nil)
@@ -87,16 +90,11 @@ func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
 		return nil, fmt.Errorf("unknown IP family %v", f)
 	}
 	name := "iptables"
-	proto := goiptables.ProtocolIPv4
 	if f == IPv6 {
-		name, proto = "ip6tables", goiptables.ProtocolIPv6
+		name = "ip6tables"
 	}
 	if backend != BackendDefault {
 		name += "-" + string(backend)
-	}
-	ipt, err := goiptables.New(goiptables.IPFamily(proto), goiptables.Path(name))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	found, err := exec.LookPath(name)
 	if err != nil {
@@ -115,12 +113,13 @@ func NewIptablesTables(f Family, backend Backend) (*IptablesTables, error) {
 		save = ""
 	}
 	// `iptables --version`: "iptables v1.8.9 (nf_tables)" or "(legacy)".
-	version, err := exec.Command(found, "--version").Output()
+	version, stderr, err := runBounded(commandTimeout, "", found, "--version")
 	if err != nil {
-		return nil, fmt.Errorf("%s --version: %w", found, err)
+		return nil, withOutput(err, stderr)
 	}
-	nft := strings.Contains(string(version), "(nf_tables)")
-	return &IptablesTables{ipt: ipt, path: found, restorePath: restore, savePath: save, nft: nft}, nil
+	nft := strings.Contains(version, "(nf_tables)")
+	return &IptablesTables{path: found, restorePath: restore, savePath: save, nft: nft,
+		restoreTimeout: restoreTimeout, commandTimeout: commandTimeout}, nil
 }
 
 // NFTables reports whether the binaries are iptables-nft, whose rules
@@ -139,13 +138,12 @@ func (t *IptablesTables) ListTables(tables []Table) (map[Table]map[string][]Rule
 	if t.savePath == "" {
 		return listEach(t, tables)
 	}
-	cmd := exec.Command(t.savePath)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", filepath.Base(t.savePath), err, strings.TrimSpace(stderr.String()))
+	// iptables-save (it takes no lock: reading is atomic per table)
+	stdout, stderr, err := runBounded(t.restoreTimeout, "", t.savePath)
+	if err != nil {
+		return nil, withOutput(err, stderr)
 	}
-	sections := splitSave(stdout.String())
+	sections := splitSave(stdout)
 	for _, table := range tables {
 		chains, err := parseTableListing(sections[table], func(c string) bool {
 			return OwnsChain(table, c) || builtinChains[table][c]
@@ -181,18 +179,16 @@ func splitSave(text string) map[Table][]string {
 	return out
 }
 
-// ListTable: iptables -t TABLE -S --wait
+// ListTable: iptables -w 5 -t TABLE -S
 func (t *IptablesTables) ListTable(table Table) (map[string][]Rule, error) {
 	if _, ok := builtinChains[table]; !ok {
 		return nil, fmt.Errorf("unknown table %q", table)
 	}
-	cmd := exec.Command(t.path, "-t", string(table), "-S", "--wait")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s -t %s -S: %w: %s", filepath.Base(t.path), table, err, strings.TrimSpace(stderr.String()))
+	stdout, stderr, err := t.iptables("-t", string(table), "-S")
+	if err != nil {
+		return nil, withOutput(err, stderr)
 	}
-	chains, err := parseTableListing(strings.Split(stdout.String(), "\n"), func(c string) bool {
+	chains, err := parseTableListing(strings.Split(stdout, "\n"), func(c string) bool {
 		return OwnsChain(table, c) || builtinChains[table][c]
 	})
 	if err != nil {
@@ -201,7 +197,7 @@ func (t *IptablesTables) ListTable(table Table) (map[string][]Rule, error) {
 	return chains, nil
 }
 
-// ReplaceChains: iptables-restore --noflush --wait, with input like
+// ReplaceChains: iptables-restore -w 5 --noflush, with input like
 //
 //	*nat
 //	:KUBE-SERVICES - [0:0]
@@ -219,16 +215,23 @@ func (t *IptablesTables) ReplaceChains(chains []Chain) error {
 	return t.restore(restoreInput(chains))
 }
 
+// restore: iptables-restore -w 5 --noflush < input
 func (t *IptablesTables) restore(input string) error {
-	cmd := exec.Command(t.restorePath, "--noflush", "--wait")
-	cmd.Stdin = strings.NewReader(input)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s --noflush: %w: %s%s", filepath.Base(t.restorePath), err,
-			strings.TrimSpace(out.String()), failedLine(out.String(), input))
+	args := append(slices.Clone(lockWait), "--noflush")
+	stdout, stderr, err := runBounded(t.restoreTimeout, input, t.restorePath, args...)
+	if err != nil {
+		out := stdout + stderr
+		if errors.Is(err, ErrTimeout) || strings.Contains(out, "xtables lock") {
+			return withOutput(err, out) // not the input's fault
+		}
+		return fmt.Errorf("%w%s", withOutput(err, out), failedLine(out, input))
 	}
 	return nil
+}
+
+// iptables runs one bounded iptables call: iptables -w 5 ARGS.
+func (t *IptablesTables) iptables(args ...string) (stdout, stderr string, err error) {
+	return runBounded(t.commandTimeout, "", t.path, append(slices.Clone(lockWait), args...)...)
 }
 
 // iptables-restore says "line 4 failed" (legacy), "Error occurred at
@@ -247,29 +250,31 @@ func failedLine(output, input string) string {
 	return "\ninput:\n" + input
 }
 
-// InsertJump: iptables -t TABLE -I CHAIN 1 RULE
+// InsertJump: iptables -w 5 -t TABLE -I CHAIN 1 RULE
 func (t *IptablesTables) InsertJump(j Jump) error {
 	if err := checkJump(j); err != nil {
 		return err
 	}
-	if err := t.ipt.Insert(string(j.Table), j.From, 1, j.Rule()...); err != nil {
-		return fmt.Errorf("inserting jump %s -> %s: %w", j.From, j.To, err)
+	args := append([]string{"-t", string(j.Table), "-I", j.From, "1"}, j.Rule()...)
+	if _, stderr, err := t.iptables(args...); err != nil {
+		return fmt.Errorf("inserting jump %s -> %s: %w", j.From, j.To, withOutput(err, stderr))
 	}
 	return nil
 }
 
-// DeleteJump: iptables -t TABLE -D CHAIN RULE
+// DeleteJump: iptables -w 5 -t TABLE -D CHAIN RULE
 func (t *IptablesTables) DeleteJump(j Jump) error {
 	if err := checkJump(j); err != nil {
 		return err
 	}
-	if err := t.ipt.Delete(string(j.Table), j.From, j.Rule()...); err != nil {
-		return fmt.Errorf("deleting jump %s -> %s: %w", j.From, j.To, err)
+	args := append([]string{"-t", string(j.Table), "-D", j.From}, j.Rule()...)
+	if _, stderr, err := t.iptables(args...); err != nil {
+		return fmt.Errorf("deleting jump %s -> %s: %w", j.From, j.To, withOutput(err, stderr))
 	}
 	return nil
 }
 
-// DeleteChains: one iptables-restore --noflush that declares (so creates
+// DeleteChains: one iptables-restore -w 5 --noflush that declares (so creates
 // or flushes) every chain, then deletes each with -X. Flushing all first
 // drops references between our chains; a missing chain is simply created
 // and deleted. Jumps into the chains must be gone already.
