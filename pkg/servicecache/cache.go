@@ -63,6 +63,11 @@ type Cache struct {
 	failedCh chan struct{} // closed if Start's context ends before that
 	wg       sync.WaitGroup
 
+	// probMu serialises checkNode; it guards nodeProbs.
+	probMu    sync.Mutex
+	nodeProbs nodeProblemState
+	now       func() time.Time
+
 	// snapMu serialises Snapshot callers; it guards the fields below.
 	snapMu   sync.Mutex
 	services map[ServiceKey]*Service
@@ -93,6 +98,7 @@ func New(client kubernetes.Interface, nodeName string, opts ...Option) (*Cache, 
 		syncedCh:   make(chan struct{}),
 		failedCh:   make(chan struct{}),
 		services:   map[ServiceKey]*Service{},
+		now:        time.Now,
 	}
 	for _, o := range opts {
 		o(c)
@@ -198,6 +204,7 @@ func (c *Cache) Start(ctx context.Context) {
 		close(c.syncedCh)
 		// Changes seen during the initial list were not announced.
 		c.notify()
+		c.checkNodeUntil(ctx)
 	}()
 }
 
@@ -365,6 +372,7 @@ func (c *Cache) onNode(obj any, deleted bool) {
 	changed := !c.node.Equal(n)
 	c.node = n
 	c.mu.Unlock()
+	c.checkNode()
 	// Node status updates are frequent and mostly irrelevant: only announce
 	// changes of what we extract.
 	if changed {
