@@ -21,6 +21,12 @@ func (d *Desired) Dump() string {
 			sb.WriteString("# " + pr + "\n")
 		}
 	}
+	if len(d.ServiceProblems) > 0 {
+		sb.WriteString("# service problems\n")
+		for _, pr := range d.ServiceProblems {
+			sb.WriteString("# " + pr.Service.String() + " " + pr.Reason + ": " + pr.Message + "\n")
+		}
+	}
 	return sb.String()
 }
 

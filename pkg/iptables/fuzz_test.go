@@ -154,6 +154,14 @@ func ValidatePlan(d *Desired, cfg Config) error {
 			errs = append(errs, errors.New("empty problem"))
 		}
 	}
+	for i, pr := range d.ServiceProblems {
+		if pr.Service == (servicecache.ServiceKey{}) || pr.Reason == "" || pr.Message == "" {
+			errs = append(errs, fmt.Errorf("incomplete service problem %+v", pr))
+		}
+		if i > 0 && d.ServiceProblems[i-1].Service.Compare(pr.Service) > 0 {
+			errs = append(errs, fmt.Errorf("service problems not sorted: %v before %v", d.ServiceProblems[i-1].Service, pr.Service))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
@@ -49,7 +50,25 @@ type Desired struct {
 	Families []*FamilyPlan
 	// Problems lists input that was skipped, with the reason.
 	Problems []string
+	// ServiceProblems lists what is wrong with a Service and was planned
+	// around (fail closed), sorted by Service, each Service's in family
+	// order: the caller logs them and records Warning Events.
+	ServiceProblems []ServiceProblem
 }
+
+// ServiceProblem is something wrong with one Service that the planner
+// worked around.
+type ServiceProblem struct {
+	Service servicecache.ServiceKey
+	// Reason is a short CamelCase word, the Event's reason.
+	Reason  string
+	Message string
+}
+
+// ReasonSourceRangesUnusable: the Service asked for
+// loadBalancerSourceRanges, but none of them is usable for a family of
+// its load balancer IPs; those IPs take no traffic from outside.
+const ReasonSourceRangesUnusable = "SourceRangesUnusable"
 
 // FamilyPlan is the desired state of one IP family.
 type FamilyPlan struct {
@@ -119,9 +138,10 @@ type familyBuilder struct {
 
 // servicePart is what one Service puts in a family's sets.
 type servicePart struct {
-	entries  []setEntry
-	denied   []Entry // load balancer entries the node may not reach
-	problems []string
+	entries     []setEntry
+	denied      []Entry // load balancer entries the node may not reach
+	problems    []string
+	svcProblems []ServiceProblem
 }
 
 type setEntry struct {
@@ -304,7 +324,7 @@ func (b *familyBuilder) bind(ip netip.Addr) {
 }
 
 func (b *familyBuilder) loadBalancerIPs(svc *servicecache.Service, sp *servicecache.ServicePort, proto Proto) {
-	ranges := b.sourceRanges(svc)
+	ranges, filter := b.sourceRanges(svc)
 	for _, ip := range svc.LoadBalancerIPs {
 		if !b.f.Has(ip) {
 			continue
@@ -314,7 +334,9 @@ func (b *familyBuilder) loadBalancerIPs(svc *servicecache.Service, sp *serviceca
 		if svc.ExternalPolicyLocal {
 			b.add(setLoadBalancerLocal, e)
 		}
-		if len(ranges) > 0 {
+		if filter {
+			// With no range (none usable), the firewall drops all
+			// outside traffic to the entry: fail closed.
 			b.add(setLoadBalancerFW, e)
 			allowFromNode := false
 			for _, r := range ranges {
@@ -329,25 +351,53 @@ func (b *familyBuilder) loadBalancerIPs(svc *servicecache.Service, sp *serviceca
 			} else {
 				b.denyFromNode(e)
 			}
+			if len(ranges) == 0 {
+				b.unusableRanges(svc)
+			}
 		}
 		b.bind(ip)
 	}
 }
 
-// sourceRanges returns the family's loadBalancerSourceRanges; like
-// upstream, a zero-length prefix means "allow all", i.e. no filtering.
-func (b *familyBuilder) sourceRanges(svc *servicecache.Service) []netip.Prefix {
-	var out []netip.Prefix
+// sourceRanges returns the family's loadBalancerSourceRanges, and whether
+// to filter at all. Like upstream, a zero-length prefix of the family
+// means "allow all", i.e. no filtering. Unlike upstream, ranges asked for
+// of which none is usable for the family (all of the other family, or
+// none parsed) filter with no range allowed: the Service's owner wanted
+// its load balancer closed to most of the world, and opening it to all of
+// this family would be the opposite.
+func (b *familyBuilder) sourceRanges(svc *servicecache.Service) (ranges []netip.Prefix, filter bool) {
 	for _, r := range svc.LoadBalancerSourceRanges {
 		if !b.f.HasPrefix(r) {
 			continue
 		}
 		if r.Bits() == 0 {
-			return nil
+			return nil, false
 		}
-		out = append(out, r.Masked())
+		ranges = append(ranges, r.Masked())
 	}
-	return out
+	return ranges, len(ranges) > 0 || svc.SourceRangesRequested || len(svc.LoadBalancerSourceRanges) > 0
+}
+
+// unusableRanges records, once per Service and family, that its load
+// balancer IPs of the family are closed for want of a usable range.
+func (b *familyBuilder) unusableRanges(svc *servicecache.Service) {
+	if slices.ContainsFunc(b.part.svcProblems, func(p ServiceProblem) bool { return p.Reason == ReasonSourceRangesUnusable }) {
+		return
+	}
+	given := "none could be parsed"
+	if len(svc.LoadBalancerSourceRanges) > 0 {
+		strs := make([]string, len(svc.LoadBalancerSourceRanges))
+		for i, r := range svc.LoadBalancerSourceRanges {
+			strs[i] = r.String()
+		}
+		given = "given " + strings.Join(strs, ", ")
+	}
+	b.part.svcProblems = append(b.part.svcProblems, ServiceProblem{
+		Service: svc.Key,
+		Reason:  ReasonSourceRangesUnusable,
+		Message: fmt.Sprintf("loadBalancerSourceRanges has no %v range (%s): %v traffic to the load balancer IPs is dropped, also from this node", b.f, given, b.f),
+	})
 }
 
 // denyFromNode drops node-originated traffic to a load balancer whose source

@@ -39,7 +39,9 @@ type familyMemo struct {
 	sorted   map[string][]Entry // each set's entries as last planned
 	denied   map[Entry]int
 	problems map[servicecache.ServiceKey][]string
-	chains   []Chain
+	// svcProblems: the ServiceProblems of each Service that has any.
+	svcProblems map[servicecache.ServiceKey][]ServiceProblem
+	chains      []Chain
 	// pending: per set, the entries that came (+1) or went (-1) since
 	// sorted was built; all: every set is rebuilt from counts.
 	pending     map[string]map[Entry]int
@@ -85,7 +87,12 @@ func (p *Planner) Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 		}
 		d.Families = append(d.Families, it.memo.plan())
 		d.Problems = append(d.Problems, it.memo.allProblems()...)
+		for _, probs := range it.memo.svcProblems {
+			d.ServiceProblems = append(d.ServiceProblems, probs...)
+		}
 	}
+	// By Service; stable, so each Service's stay in family order.
+	slices.SortStableFunc(d.ServiceProblems, func(a, b ServiceProblem) int { return a.Service.Compare(b.Service) })
 	return d
 }
 
@@ -105,9 +112,16 @@ func (p *Planner) reset(node servicecache.Node, cfg Config) {
 			continue
 		}
 		seen[f] = true
-		m := &familyMemo{parts: map[servicecache.ServiceKey]*servicePart{}, sorted: map[string][]Entry{},
-			denied: map[Entry]int{}, problems: map[servicecache.ServiceKey][]string{}, pending: map[string]map[Entry]int{},
-			all: true, deniedDirty: true}
+		m := &familyMemo{
+			parts:       map[servicecache.ServiceKey]*servicePart{},
+			sorted:      map[string][]Entry{},
+			denied:      map[Entry]int{},
+			problems:    map[servicecache.ServiceKey][]string{},
+			svcProblems: map[servicecache.ServiceKey][]ServiceProblem{},
+			pending:     map[string]map[Entry]int{},
+			all:         true,
+			deniedDirty: true,
+		}
 		m.b = newFamilyBuilder(f, p.node, &p.cfg, &m.setup)
 		p.layout = append(p.layout, planItem{memo: m})
 	}
@@ -173,6 +187,7 @@ func (m *familyMemo) replace(key servicecache.ServiceKey, svc *servicecache.Serv
 		m.count(old, -1)
 		delete(m.parts, key)
 		delete(m.problems, key)
+		delete(m.svcProblems, key)
 	}
 	if svc != nil {
 		m.add(key, m.b.service(svc))
@@ -184,15 +199,17 @@ func (m *familyMemo) add(key servicecache.ServiceKey, part *servicePart) {
 	m.count(part, +1)
 	if old := m.parts[key]; old != nil {
 		merged := &servicePart{
-			entries:  append(slices.Clip(old.entries), part.entries...),
-			denied:   append(slices.Clip(old.denied), part.denied...),
-			problems: append(slices.Clip(old.problems), part.problems...),
+			entries:     append(slices.Clip(old.entries), part.entries...),
+			denied:      append(slices.Clip(old.denied), part.denied...),
+			problems:    append(slices.Clip(old.problems), part.problems...),
+			svcProblems: append(slices.Clip(old.svcProblems), part.svcProblems...),
 		}
 		part = merged
 	}
-	if len(part.entries) == 0 && len(part.denied) == 0 && len(part.problems) == 0 {
+	if len(part.entries) == 0 && len(part.denied) == 0 && len(part.problems) == 0 && len(part.svcProblems) == 0 {
 		delete(m.parts, key)
 		delete(m.problems, key)
+		delete(m.svcProblems, key)
 		return
 	}
 	m.parts[key] = part
@@ -200,6 +217,11 @@ func (m *familyMemo) add(key servicecache.ServiceKey, part *servicePart) {
 		m.problems[key] = part.problems
 	} else {
 		delete(m.problems, key)
+	}
+	if len(part.svcProblems) > 0 {
+		m.svcProblems[key] = part.svcProblems
+	} else {
+		delete(m.svcProblems, key)
 	}
 }
 
