@@ -79,7 +79,11 @@ type Applier struct {
 	changed atomic.Int64
 	// lastFull keeps the address lists of the last Reconcile's plan, and
 	// knownOK says desired is what Plan would compute for the Services
-	// applied since: no two Services wanted one virtual server (see Known).
+	// applied since (see Known). PlanChanges settles two Services
+	// claiming one virtual server as Plan does, but only if the caller
+	// gave it what they held, so knownOK is false from any plan with a
+	// Conflict, or a clash ApplyServices finds, until a Reconcile whose
+	// plan has none: a periodic resync then plans in full.
 	lastFull Desired
 	knownOK  bool
 	// clean is the digest (digestState) of what the last Reconcile read,
@@ -240,14 +244,18 @@ func (a *Applier) Reconcile(d *Desired) error {
 	return err
 }
 
-// ApplyServices applies the plan of the Services named by keys (a
-// PlanServices result: a Service in keys without virtual servers in part is
-// removed) against the state in memory, and retries what failed before.
-// The Config behind part must be the one of the last Reconcile; when it
-// changes (node addresses...), Reconcile instead.
+// ApplyServices applies the plan of the Services named by keys and
+// part.Replanned (a PlanChanges result: a Service in keys without virtual
+// servers in part is removed) against the state in memory, and retries
+// what failed before. The Config behind part must be the one of the last
+// Reconcile; when it changes (node addresses...), Reconcile instead.
 //
-// A virtual server that another, unchanged Service already has is skipped;
-// the next Reconcile settles such conflicts in snapshot order.
+// PlanChanges settles who keeps a virtual server two Services claim, and
+// plans every claimant, so a virtual server a Service releases goes to
+// the next claimant here. A virtual server that a Service outside the
+// batch has all the same (a cluster IP or node port of a planned Service
+// that an unchanged Service claims as an external IP, which PlanChanges
+// does not look for) is skipped; the next Reconcile settles it.
 func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -256,21 +264,27 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	}
 	a.cleanOK = false // the wanted state changes
 	var newBy map[servicecache.ServiceKey][]*VirtualServer
+	var replanned []servicecache.ServiceKey
 	if part != nil {
 		if part.Conflicts > 0 {
+			// Settled as Plan would, but Known stays conservative: see
+			// knownOK.
 			a.knownOK = false
 		}
 		newBy = part.ByService
 		if newBy == nil {
 			newBy = groupByService(part.VirtualServers)
 		}
+		replanned = part.Replanned
 	}
 
-	// Services to redo, in order so that conflicts resolve the same way
-	// every time.
-	set := make(map[servicecache.ServiceKey]struct{}, len(keys)+len(newBy))
-	for _, k := range keys {
-		set[k] = struct{}{}
+	// Services to redo, in order so that a clash with a Service outside
+	// the batch resolves the same way every time.
+	set := make(map[servicecache.ServiceKey]struct{}, len(keys)+len(newBy)+len(replanned))
+	for _, list := range [...][]servicecache.ServiceKey{keys, replanned} {
+		for _, k := range list {
+			set[k] = struct{}{}
+		}
 	}
 	for k := range newBy {
 		set[k] = struct{}{}
@@ -309,6 +323,8 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 			}
 			if had, taken := a.desired[vs.Key]; taken {
 				if had.Service != svc {
+					// The planner did not see had's claim: the next
+					// Reconcile settles it.
 					a.knownOK = false
 				}
 				continue
@@ -357,6 +373,24 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	ops, target := a.diff(subObs, subWant)
 	_, err := a.execute(ops, target)
 	return err
+}
+
+// Held returns the keys of the virtual servers the applier holds for the
+// Services named by keys, sorted: what PlanChanges needs to give one they
+// release to the next Service claiming it.
+func (a *Applier) Held(keys []servicecache.ServiceKey) []VSKey {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []VSKey
+	for _, k := range keys {
+		for _, vs := range a.byService[k] {
+			if vs != nil {
+				out = append(out, vs.Key)
+			}
+		}
+	}
+	slices.SortFunc(out, VSKey.Compare)
+	return slices.Compact(out)
 }
 
 func (a *Applier) unref(addr netip.Addr) {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -362,11 +363,14 @@ func TestApplierIncrementalConflict(t *testing.T) {
 	r := newRig(Config{})
 	y := svc("default", "y", ips("10.96.0.2"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.2.1", 80, "ready")))
 	y.ExternalIPs = ips("203.0.113.5")
+	y.Created = time.Unix(1000, 0)
 	r.reconcile(t, snapshot(y))
 
-	// x claims y's external IP and port: y, unchanged, keeps it.
+	// x, created later, claims y's external IP and port: y, older, keeps
+	// it, though x comes first by name.
 	x := svc("default", "x", ips("10.96.0.1"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.1", 80, "ready")))
 	x.ExternalIPs = ips("203.0.113.5")
+	x.Created = time.Unix(2000, 0)
 	r.log.Reset()
 	r.apply(t, snapshot(x, y), key("default", "x"))
 	for _, l := range r.log.Lines() {

@@ -164,7 +164,8 @@ func usableAddr(a netip.Addr) bool { return a.IsValid() && !a.IsUnspecified() }
 
 // Plan computes every virtual server and bound address for snap. It is
 // deterministic: when two Services claim the same virtual server (e.g. the
-// same external IP and port), the first in snapshot order wins.
+// same external IP and port), the older keeps it (see Precedes) and the
+// other gets a Problem.
 //
 // The endpoints are selected for the node in snap.Node (local endpoints,
 // topology hints): a change of its name or zone needs a full Plan.
@@ -178,14 +179,12 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	// Sized for the common one or two virtual servers per Service rather
 	// than counted first, which would walk every Service twice.
 	d := newDesired(p, 2*len(services), len(services))
-	addrs := make([]netip.Addr, 0, 2*len(services))
+	as := assembly{d: d, addrs: make([]netip.Addr, 0, 2*len(services)), snap: snap}
 	for _, svc := range services {
-		addrs = d.add(svc, p.service(svc), addrs)
+		as.add(svc, p.service(svc))
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	d.Addresses = slices.Clip(slices.Compact(addrs))
+	as.finish(&p)
 	d.LocalAddresses = sortedAddrs(cfg.LocalAddresses)
-	d.Problems = p.problems
 	return d
 }
 
@@ -193,27 +192,124 @@ func Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 // apply (Applier.ApplyServices). A key missing from snap is a deleted
 // Service and simply has no entry in ByService. cfg must be the one the last
 // full Plan used, and snap.Node the same name and zone (see Plan).
+//
+// It is PlanChanges without what the Services held: a virtual server one
+// of them releases goes to another Service claiming it only at the next
+// full Plan. An incremental sync uses PlanChanges.
 func PlanServices(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, cfg Config) *Desired {
+	return PlanChanges(snap, keys, nil, cfg)
+}
+
+// PlanChanges plans the Services named by keys, the changed ones of an
+// incremental sync, and held, the virtual servers the applier holds for
+// them (Applier.Held), for Applier.ApplyServices. A key missing from snap
+// is a deleted Service and simply has no entry in ByService. cfg must be
+// the one the last full Plan used, and snap.Node the same name and zone
+// (see Plan).
+//
+// Two Services claiming one virtual server are settled as Plan settles
+// them, so it also plans the other Services of snap that claim a virtual
+// server of the same key as one of these: an external or load-balancer IP
+// one of them claims, or one they held and no longer claim (deleted, or
+// changed away), which then goes to the next oldest claimant. They are
+// listed in Desired.Replanned: the caller passes them to ApplyServices and
+// reports their Problems as those of keys. Finding them walks every
+// Service of snap once per round (usually one), comparing addresses, only
+// when a planned Service claims an external or load-balancer IP or
+// releases a virtual server.
+func PlanChanges(snap *servicecache.Snapshot, keys []servicecache.ServiceKey, held []VSKey, cfg Config) *Desired {
 	var node *servicecache.Node
 	if snap != nil {
 		node = &snap.Node
 	}
 	p := newPlanner(cfg, node)
 	d := newDesired(p, 0, len(keys))
-	var addrs []netip.Addr
+	// planned holds the virtual servers of every Service planned, nil for
+	// a deleted one.
+	planned := make(map[servicecache.ServiceKey][]*VirtualServer, len(keys))
+	svcs := make([]*servicecache.Service, 0, len(keys))
 	for _, key := range keys {
+		if _, dup := planned[key]; dup {
+			continue
+		}
 		var svc *servicecache.Service
 		if snap != nil {
 			svc = snap.Service(key)
 		}
+		planned[key] = p.service(svc)
 		if svc != nil {
-			addrs = d.add(svc, p.service(svc), addrs)
+			svcs = append(svcs, svc)
 		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	d.Addresses = slices.Compact(addrs)
-	d.Problems = p.problems
+	if snap != nil {
+		var found []*servicecache.Service
+		found, d.Replanned = p.otherClaimants(snap, planned, held)
+		svcs = append(svcs, found...)
+	}
+
+	as := assembly{d: d, snap: snap}
+	for _, svc := range svcs {
+		as.add(svc, planned[svc.Key])
+	}
+	// Problems come in Service order, whatever the order of keys.
+	slices.SortStableFunc(p.problems, func(a, b Problem) int { return a.Service.Compare(b.Service) })
+	as.finish(&p)
 	return d
+}
+
+// otherClaimants plans, into planned, the Services of snap that claim a
+// virtual server of the same key as a contested one (see contested) of
+// those planned, or as one of held that they no longer claim, and so on
+// for the contested ones of the Services found. It returns them, and their
+// keys sorted.
+func (p *planner) otherClaimants(snap *servicecache.Snapshot, planned map[servicecache.ServiceKey][]*VirtualServer, held []VSKey) ([]*servicecache.Service, []servicecache.ServiceKey) {
+	seen := map[VSKey]struct{}{} // looked for already
+	next := map[VSKey]struct{}{}
+	claimed := map[VSKey]struct{}{}
+	for _, vss := range planned {
+		for _, vs := range vss {
+			claimed[vs.Key] = struct{}{}
+			// Even one it held: deleted and created again since, the
+			// Service may now be younger than another claimant.
+			if contested(vs.Kind) {
+				next[vs.Key] = struct{}{}
+			}
+		}
+	}
+	for _, k := range held {
+		if _, still := claimed[k]; !still {
+			next[k] = struct{}{}
+		}
+	}
+	var found []*servicecache.Service
+	for len(next) > 0 {
+		keys := next
+		next = map[VSKey]struct{}{}
+		for k := range keys {
+			seen[k] = struct{}{}
+		}
+		for _, svc := range p.claimants(snap, keys, planned) {
+			mark := len(p.problems)
+			vss := p.service(svc)
+			if !claimsAny(vss, keys) {
+				p.problems = p.problems[:mark] // an address of another family, or excluded
+				continue
+			}
+			planned[svc.Key] = vss
+			found = append(found, svc)
+			for _, vs := range vss {
+				if _, done := seen[vs.Key]; !done && contested(vs.Kind) {
+					next[vs.Key] = struct{}{}
+				}
+			}
+		}
+	}
+	keys := make([]servicecache.ServiceKey, len(found))
+	for i, svc := range found {
+		keys[i] = svc.Key
+	}
+	slices.SortFunc(keys, servicecache.ServiceKey.Compare)
+	return found, keys
 }
 
 func newDesired(p planner, nVS, nSvc int) *Desired {
@@ -223,35 +319,6 @@ func newDesired(p planner, nVS, nSvc int) *Desired {
 		NodePortAddresses: sortedAddrs(p.nodeAddrs),
 		ExcludeCIDRs:      slices.Clone(p.exclude),
 	}
-}
-
-// add records one Service's virtual servers, dropping keys an earlier
-// Service already claimed, and appends the addresses to bind to addrs.
-func (d *Desired) add(svc *servicecache.Service, vss []*VirtualServer, addrs []netip.Addr) []netip.Addr {
-	if svc == nil || len(vss) == 0 {
-		return addrs
-	}
-	if _, dup := d.ByService[svc.Key]; dup {
-		return addrs
-	}
-	kept := vss[:0]
-	for _, vs := range vss {
-		if had, dup := d.VirtualServers[vs.Key]; dup {
-			if had.Service != svc.Key {
-				d.Conflicts++
-			}
-			continue
-		}
-		d.VirtualServers[vs.Key] = vs
-		kept = append(kept, vs)
-		if vs.Bind {
-			addrs = append(addrs, vs.Key.Addr)
-		}
-	}
-	if len(kept) > 0 {
-		d.ByService[svc.Key] = kept
-	}
-	return addrs
 }
 
 func sortedAddrs(addrs []netip.Addr) []netip.Addr {
@@ -264,7 +331,8 @@ func sortedAddrs(addrs []netip.Addr) []netip.Addr {
 // node (nil: an unknown node, which has no local endpoint and matches no
 // topology hint). The result may repeat a key when the Service lists an
 // address twice (e.g. an external IP that is also its load-balancer IP);
-// Plan and PlanServices keep the first. Problems are not reported.
+// Plan and PlanChanges keep the first. Problems are not reported, and
+// neither are other Services claiming the same virtual servers.
 func PlanService(svc *servicecache.Service, node *servicecache.Node, cfg Config) []*VirtualServer {
 	p := newPlanner(cfg, node)
 	return p.service(svc)

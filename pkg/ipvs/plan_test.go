@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -208,6 +209,64 @@ func TestPlanGolden(t *testing.T) {
 				s.ExternalIPs = ips("203.0.113.9")
 				return s
 			}(),
+		),
+	}, {
+		// The older Service keeps a load-balancer IP and port, though it
+		// comes last by name; the other port of the address is not
+		// contested.
+		name: "conflict-older-wins",
+		snap: snapshot(
+			svcWith(svc("a", "new", ips("10.96.1.1"), port("https", v1.ProtocolTCP, 443, 0, ep("10.244.1.1", 8443, "ready"))),
+				func(s *servicecache.Service) {
+					s.LoadBalancerIPs = ips("198.51.100.7")
+					s.Created = time.Unix(2000, 0)
+				}),
+			svcWith(svc("z", "old", ips("10.96.1.2"),
+				port("https", v1.ProtocolTCP, 443, 0, ep("10.244.2.2", 8443, "ready")),
+				port("http", v1.ProtocolTCP, 80, 0, ep("10.244.2.2", 8080, "ready"))),
+				func(s *servicecache.Service) {
+					s.LoadBalancerIPs = ips("198.51.100.7")
+					s.Created = time.Unix(1000, 0)
+				}),
+		),
+	}, {
+		// Three claimants of one external IP and port, as an external IP,
+		// a load-balancer IP and a cluster IP: the oldest keeps it, the
+		// others name it. A UDP port of the same number is another
+		// virtual server.
+		name: "conflict-three-kinds",
+		snap: snapshot(
+			svcWith(svc("a", "external", ips("10.96.2.1"), port("dns", v1.ProtocolTCP, 53, 0, ep("10.244.1.1", 53, "ready"))),
+				func(s *servicecache.Service) {
+					s.ExternalIPs = ips("10.96.2.3")
+					s.Created = time.Unix(2000, 0)
+				}),
+			svcWith(svc("b", "lb", ips("10.96.2.2"), port("dns", v1.ProtocolTCP, 53, 0, ep("10.244.2.1", 53, "ready"))),
+				func(s *servicecache.Service) {
+					s.LoadBalancerIPs = ips("10.96.2.3")
+					s.Created = time.Unix(3000, 0)
+				}),
+			svcWith(svc("c", "cluster", ips("10.96.2.3"),
+				port("dns", v1.ProtocolTCP, 53, 0, ep("10.244.3.1", 53, "ready")),
+				port("dns-udp", v1.ProtocolUDP, 53, 0, ep("10.244.3.1", 53, "ready"))),
+				func(s *servicecache.Service) { s.Created = time.Unix(1000, 0) }),
+		),
+	}, {
+		// Cannot happen through the API, planned by the same rule: two
+		// Services with one cluster IP, and a cluster IP on a node
+		// address (bound) that an older Service's node port (not bound)
+		// takes, so the address is not bound.
+		name: "conflict-cluster-ip-and-node-port",
+		cfg:  Config{NodePortAddresses: ips("192.168.1.10")},
+		snap: snapshot(
+			svcWith(svc("a", "twin", ips("10.96.3.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.1", 80, "ready"))),
+				func(s *servicecache.Service) { s.Created = time.Unix(2000, 0) }),
+			svcWith(svc("b", "twin", ips("10.96.3.3"), port("http", v1.ProtocolTCP, 80, 0, ep("10.244.2.1", 80, "ready"))),
+				func(s *servicecache.Service) { s.Created = time.Unix(1000, 0) }),
+			svcWith(svc("c", "on-node", ips("192.168.1.10"), port("http", v1.ProtocolTCP, 30080, 0, ep("10.244.3.1", 80, "ready"))),
+				func(s *servicecache.Service) { s.Created = time.Unix(2000, 0) }),
+			svcWith(svc("d", "nodeport", ips("10.96.3.4"), port("http", v1.ProtocolTCP, 80, 30080, ep("10.244.4.1", 80, "ready"))),
+				func(s *servicecache.Service) { s.Created = time.Unix(1000, 0) }),
 		),
 	}, {
 		// iTP Local: the cluster IP balances to this node's endpoints

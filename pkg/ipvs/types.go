@@ -236,9 +236,16 @@ type Desired struct {
 	// Problems are what the planner worked around in the Services (e.g. an
 	// unknown scheduler annotation), in Service order.
 	Problems []Problem
-	// Conflicts counts the virtual servers a Service wanted that an
-	// earlier Service already had.
+	// Conflicts counts the virtual servers a Service wanted that another
+	// Service keeps, the older one (see Precedes); each is also a Problem
+	// (ReasonAddressConflict). The Applier does not trust its memory as a
+	// plan (Applier.Known) after one, until the next Reconcile without.
 	Conflicts int
+	// Replanned lists, sorted, the Services PlanChanges planned besides the
+	// keys it was given, because they claim a virtual server one of those
+	// claims or released. Their Problems are in Problems, and
+	// ApplyServices applies them with the keys.
+	Replanned []servicecache.ServiceKey
 }
 
 // hostBits is the prefix length of a single address of addr's family.
