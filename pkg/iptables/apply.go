@@ -8,6 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
 // Applier makes the kernel match a Desired plan, touching only what
@@ -68,6 +69,20 @@ type Changes struct {
 	EntriesDeleted int
 	ChainsWritten  []string // "IPv4 nat/KUBE-SERVICES"
 	JumpsInserted  []string // "IPv4 nat/PREROUTING -> KUBE-SERVICES"
+	// Refused lists the entries a full set refused (SetFullError). They
+	// are not errors: everything else was applied, and each apply tries
+	// them again. Not counted as changes.
+	Refused []RefusedEntry
+}
+
+// RefusedEntry is one entry a full set refused, with the Services that
+// want it (known when the plan came from a Planner that has not planned
+// again since).
+type RefusedEntry struct {
+	Family   Family
+	Set      string
+	Entry    Entry
+	Services []servicecache.ServiceKey
 }
 
 // Empty reports whether nothing was changed.
@@ -110,7 +125,7 @@ func (a *Applier) apply(d *Desired, full bool) (Changes, error) {
 		if p == nil {
 			continue
 		}
-		if err := a.applyFamily(p, &ch, full, rules); err != nil {
+		if err := a.applyFamily(p, &ch, full, rules, d.owners); err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", p.Family, err))
 		}
 	}
@@ -129,7 +144,7 @@ type setDiff struct {
 
 // applyFamily applies one family: full lists the sets, rules lists the
 // rules (both: against the kernel; neither: against known).
-func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool) error {
+func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool, owners func(Family, []RefusedEntry)) error {
 	tables := a.Tables[p.Family]
 	if tables == nil || a.IPSet == nil {
 		return errors.New("applier has no IPSet or no Tables for this family")
@@ -169,17 +184,36 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool) erro
 		next.sets[sp.Spec.Name] = d.want
 	}
 
-	// 2. Add missing entries before rules may start matching the set.
+	// 2. Add missing entries before rules may start matching the set. A
+	// full set's refusals are reported, not failed on: the other sets and
+	// the rules are still applied.
+	var refused []RefusedEntry
 	for _, d := range diffs {
 		if len(d.add) == 0 {
 			continue
 		}
+		added := len(d.add)
 		if err := a.IPSet.AddEntries(d.spec, d.add); err != nil {
-			errs = append(errs, err)
-			continue
+			var full *SetFullError
+			if !errors.As(err, &full) {
+				errs = append(errs, err)
+				continue
+			}
+			added -= len(full.Refused)
+			for _, e := range full.Refused {
+				refused = append(refused, RefusedEntry{Family: p.Family, Set: d.spec.Name, Entry: e})
+			}
+			// What the set holds: the next apply tries them again.
+			next.sets[d.spec.Name] = withoutEntries(d.want, full.Refused)
 		}
-		ch.EntriesAdded += len(d.add)
-		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPSet, metrics.OpAdd).Add(float64(len(d.add)))
+		ch.EntriesAdded += added
+		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPSet, metrics.OpAdd).Add(float64(added))
+	}
+	if len(refused) > 0 {
+		if owners != nil {
+			owners(p.Family, refused)
+		}
+		ch.Refused = append(ch.Refused, refused...)
 	}
 
 	// 3. Rewrite the chains that differ, all in one restore.
@@ -280,6 +314,15 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool) erro
 	}
 	a.known[p.Family] = next
 	return nil
+}
+
+// withoutEntries returns the sorted entries want without those in drop.
+func withoutEntries(want, drop []Entry) []Entry {
+	gone := make(map[Entry]bool, len(drop))
+	for _, e := range drop {
+		gone[e] = true
+	}
+	return slices.DeleteFunc(slices.Clone(want), func(e Entry) bool { return gone[e] })
 }
 
 // sortListing returns a set's listing sorted, reusing the last sort when

@@ -15,6 +15,9 @@ type FakeIPSet struct {
 	Sets map[string]*FakeSet
 	Ops  []string
 	Fail map[string]error
+	// FullAt makes a set full at that many entries: adding another is
+	// refused as the kernel refuses it at maxelem (*SetFullError).
+	FullAt map[string]int
 }
 
 // FakeSet is one set of a FakeIPSet.
@@ -26,7 +29,7 @@ type FakeSet struct {
 var _ IPSet = (*FakeIPSet)(nil)
 
 func NewFakeIPSet() *FakeIPSet {
-	return &FakeIPSet{Sets: map[string]*FakeSet{}, Fail: map[string]error{}}
+	return &FakeIPSet{Sets: map[string]*FakeSet{}, Fail: map[string]error{}, FullAt: map[string]int{}}
 }
 
 // op records an op and returns the injected failure, if any.
@@ -91,6 +94,7 @@ func (f *FakeIPSet) addDel(verb string, spec SetSpec, entries []Entry) error {
 	if err := checkOwnedSet(spec.Name); err != nil {
 		return err
 	}
+	var full *SetFullError
 	for _, e := range entries {
 		text := verb + " " + spec.Name + " " + e.String()
 		if err := spec.Validate(e); err != nil {
@@ -104,10 +108,20 @@ func (f *FakeIPSet) addDel(verb string, spec SetSpec, entries []Entry) error {
 			return fmt.Errorf("ipset %s: set does not exist", text)
 		}
 		if verb == "add" {
+			if n, ok := f.FullAt[spec.Name]; ok && !s.Entries[e] && len(s.Entries) >= n {
+				if full == nil {
+					full = &SetFullError{Set: spec.Name, Err: fmt.Errorf("ipset %s -exist: Hash is full, cannot add more elements", text)}
+				}
+				full.Refused = append(full.Refused, e)
+				continue
+			}
 			s.Entries[e] = true
 		} else {
 			delete(s.Entries, e)
 		}
+	}
+	if full != nil {
+		return full
 	}
 	return nil
 }

@@ -14,7 +14,9 @@ type IPSet interface {
 	ListEntries(spec SetSpec) ([]Entry, error)
 	// AddEntries adds the entries, each like
 	//   ipset add KUBE-CLUSTER-IP 10.96.0.10,tcp:80 -exist
-	// (already present is fine). It stops at the first failure.
+	// (already present is fine). It stops at the first failure, but for
+	// entries refused because the set is full: it goes on past those and
+	// returns them in a *SetFullError when nothing else failed.
 	AddEntries(spec SetSpec, entries []Entry) error
 	// DelEntries deletes the entries, each like
 	//   ipset del KUBE-CLUSTER-IP 10.96.0.10,tcp:80 -exist
@@ -25,6 +27,22 @@ type IPSet interface {
 	// rules still reference the set.
 	DestroySet(name string) error
 }
+
+// SetFullError lists the entries a hash set refused because it already
+// holds maxelem entries (the kernel's IPSET_ERR_HASH_FULL, `ipset add`'s
+// "Hash is full, cannot add more elements"). The other entries were
+// added.
+type SetFullError struct {
+	Set     string
+	Refused []Entry
+	Err     error // the first refusal
+}
+
+func (e *SetFullError) Error() string {
+	return fmt.Sprintf("ipset add %s: set full, %d entries refused (first %s): %v", e.Set, len(e.Refused), e.Refused[0], e.Err)
+}
+
+func (e *SetFullError) Unwrap() error { return e.Err }
 
 func checkOwnedSet(name string) error {
 	if !OwnsSet(name) {

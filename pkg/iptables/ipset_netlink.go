@@ -172,6 +172,7 @@ func (s *NetlinkIPSet) addDel(cmd int, verb string, spec SetSpec, entries []Entr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var full *SetFullError
 	for _, e := range entries {
 		if err := spec.Validate(e); err != nil {
 			return fmt.Errorf("ipset %s %s %s: %w", verb, spec.Name, e, err)
@@ -187,12 +188,27 @@ func (s *NetlinkIPSet) addDel(cmd int, verb string, spec SetSpec, entries []Entr
 				err = s.h.IpsetDel(spec.Name, ne)
 			}
 		}
+		if err != nil && cmd == nl.IPSET_CMD_ADD && spec.Type != BitmapPort && errors.Is(err, nl.IPSetError(ipsetErrHashFull)) {
+			// Full: the others may still be present already (-exist).
+			if full == nil {
+				full = &SetFullError{Set: spec.Name, Err: fmt.Errorf("ipset %s %s %s -exist: %w", verb, spec.Name, e, err)}
+			}
+			full.Refused = append(full.Refused, e)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("ipset %s %s %s -exist: %w", verb, spec.Name, e, err)
 		}
 	}
+	if full != nil {
+		return full
+	}
 	return nil
 }
+
+// ipsetErrHashFull is IPSET_ERR_HASH_FULL (linux ip_set_hash.h), the
+// first type-specific error of hash types: the set holds maxelem entries.
+const ipsetErrHashFull = nl.IPSET_ERR_TYPE_SPECIFIC
 
 // libEntry converts a validated hash-type entry for the library. Replace
 // leaves NLM_F_EXCL unset, which makes add/del behave like -exist.

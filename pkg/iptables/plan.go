@@ -54,6 +54,10 @@ type Desired struct {
 	// around (fail closed), sorted by Service, each Service's in family
 	// order: the caller logs them and records Warning Events.
 	ServiceProblems []ServiceProblem
+
+	// owners fills in RefusedEntry.Services for one family; nil when
+	// the plan cannot tell.
+	owners func(Family, []RefusedEntry)
 }
 
 // ServiceProblem is something wrong with one Service that the planner

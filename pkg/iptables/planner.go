@@ -24,6 +24,8 @@ type Planner struct {
 	// problem with a family that is unknown or repeated.
 	layout []planItem
 	prefix []string // problems before any family
+	// gen counts plans: a plan's owners answer only while it is the last.
+	gen uint64
 }
 
 type planItem struct {
@@ -93,7 +95,50 @@ func (p *Planner) Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	}
 	// By Service; stable, so each Service's stay in family order.
 	slices.SortStableFunc(d.ServiceProblems, func(a, b ServiceProblem) int { return a.Service.Compare(b.Service) })
+	p.gen++
+	d.owners = p.owners(p.gen)
 	return d
+}
+
+// owners returns the function that finds, from the memo as the plan of
+// generation gen left it, the Services whose parts hold refused entries.
+// It goes over every part of the family once, which is acceptable only
+// because a full set is rare.
+func (p *Planner) owners(gen uint64) func(Family, []RefusedEntry) {
+	return func(f Family, refused []RefusedEntry) {
+		if p.gen != gen {
+			return // planned again since: the memo is another plan's
+		}
+		var m *familyMemo
+		for _, it := range p.layout {
+			if it.memo != nil && it.memo.b.f == f {
+				m = it.memo
+			}
+		}
+		if m == nil {
+			return
+		}
+		want := map[setEntry][]int{} // index into refused
+		for i, r := range refused {
+			for _, s := range setSkeleton {
+				if setName(s.name, f) == r.Set {
+					se := setEntry{s.name, r.Entry}
+					want[se] = append(want[se], i)
+				}
+			}
+		}
+		for key, part := range m.parts {
+			for _, se := range part.entries {
+				for _, i := range want[se] {
+					refused[i].Services = append(refused[i].Services, key)
+				}
+			}
+		}
+		for i := range refused {
+			slices.SortFunc(refused[i].Services, servicecache.ServiceKey.Compare)
+			refused[i].Services = slices.Compact(refused[i].Services)
+		}
+	}
 }
 
 func (p *Planner) reset(node servicecache.Node, cfg Config) {
