@@ -72,6 +72,9 @@ func (p *planner) schedOptions(svc *servicecache.Service, problems []Problem) (s
 		switch name := strings.TrimSpace(v); {
 		case name == "":
 			// Set but empty: the global scheduler, as when unset.
+		case ValidScheduler(name) && p.schedAvailable != nil && name != p.scheduler && !p.schedAvailable(name):
+			problems = append(problems, Problem{Service: svc.Key, Reason: ReasonSchedulerUnavailable, Message: "annotation " + AnnotationScheduler +
+				": this node's kernel cannot load scheduler " + strconv.Quote(name) + " (no module ip_vs_" + name + "), using " + strconv.Quote(p.scheduler)})
 		case ValidScheduler(name):
 			sched = name
 		default:

@@ -69,9 +69,10 @@ type Applier struct {
 	// addrRefs counts the wanted virtual servers that need each address
 	// bound, since Services can share an address (external IPs).
 	addrRefs map[netip.Addr]int
-	// retryVS and retryAddrs had failed ops.
-	retryVS    map[VSKey]struct{}
-	retryAddrs map[netip.Addr]struct{}
+	// retryVS and retryAddrs had failed ops (failures.go): ApplyServices
+	// retries them once their backoff has passed, Reconcile at once.
+	retryVS    map[VSKey]*retry
+	retryAddrs map[netip.Addr]*retry
 	// draining holds the real servers being drained, with the time they
 	// are deleted at the latest. They are in observed, with weight 0.
 	draining map[VSKey]map[RSKey]time.Time
@@ -208,8 +209,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 			a.addrRefs[vs.Key.Addr]++
 		}
 	}
-	a.retryVS = map[VSKey]struct{}{}
-	a.retryAddrs = map[netip.Addr]struct{}{}
+	prevVS, prevAddrs := a.retryVS, a.retryAddrs
+	a.retryVS, a.retryAddrs = map[VSKey]*retry{}, map[netip.Addr]*retry{}
 	a.synced = true
 	a.lastFull = Desired{NodePortAddresses: d.NodePortAddresses, LocalAddresses: d.LocalAddresses, ExcludeCIDRs: d.ExcludeCIDRs}
 	a.knownOK = d.Conflicts == 0
@@ -228,7 +229,8 @@ func (a *Applier) Reconcile(d *Desired) error {
 			a.observed[key] = target[key]
 		}
 	}
-	_, err = a.execute(ops, target)
+	ok, err := a.execute(ops, target)
+	a.carry(prevVS, prevAddrs)
 	switch {
 	case len(a.draining) > 0:
 	case len(ops) == 0 && !unsure:
@@ -241,7 +243,7 @@ func (a *Applier) Reconcile(d *Desired) error {
 		// not, the next Resync reconciles in full.
 		a.clean, a.cleanOK = a.expectedDigest(others), true
 	}
-	return err
+	return a.nodeError(ops, ok, err)
 }
 
 // ApplyServices applies the plan of the Services named by keys and
@@ -344,8 +346,20 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 			a.byService[svc] = kept
 		}
 	}
-	// Retry what failed, whichever Service it belongs to.
-	for key := range a.retryVS {
+	// Retry what failed, whichever Service it belongs to, once its backoff
+	// has passed (failures.go); what is redone above anyway is retried now.
+	prevVS, prevAddrs := a.retryVS, a.retryAddrs
+	a.retryVS, a.retryAddrs = map[VSKey]*retry{}, map[netip.Addr]*retry{}
+	now := a.now()
+	for key, r := range prevVS {
+		_, redo := subWant.VirtualServers[key]
+		if _, had := subObs.VirtualServers[key]; had {
+			redo = true
+		}
+		if !redo && r.next.After(now) {
+			a.retryVS[key] = r
+			continue
+		}
 		if want := a.desired[key]; want != nil {
 			subWant.VirtualServers[key] = want
 		}
@@ -353,11 +367,13 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 			subObs.VirtualServers[key] = have
 		}
 	}
-	for addr := range a.retryAddrs {
+	for addr, r := range prevAddrs {
+		if _, redo := touchedAddrs[addr]; !redo && r.next.After(now) {
+			a.retryAddrs[addr] = r
+			continue
+		}
 		touchedAddrs[addr] = struct{}{}
 	}
-	a.retryVS = map[VSKey]struct{}{}
-	a.retryAddrs = map[netip.Addr]struct{}{}
 
 	for addr := range touchedAddrs {
 		if _, bound := a.addrs[addr]; bound {
@@ -371,8 +387,9 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 	slices.SortFunc(subWant.Addresses, netip.Addr.Compare)
 
 	ops, target := a.diff(subObs, subWant)
-	_, err := a.execute(ops, target)
-	return err
+	ok, err := a.execute(ops, target)
+	a.carry(prevVS, prevAddrs)
+	return a.nodeError(ops, ok, err)
 }
 
 // Held returns the keys of the virtual servers the applier holds for the

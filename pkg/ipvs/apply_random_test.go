@@ -90,13 +90,14 @@ func TestApplierRandomIncremental(t *testing.T) {
 			}
 		}
 		err := r.a.ApplyServices(changed, PlanServices(s, changed, cfg))
-		if failing == "" && err != nil {
+		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
 		r.ipvs.FailOn(failing, nil)
 		r.links.FailOn(failing, nil)
-		if err != nil {
+		if !r.a.NextRetry().IsZero() {
 			failures++
+			r.pastBackoff()
 			if err := r.a.ApplyServices(nil, nil); err != nil {
 				t.Fatalf("step %d: retry: %v", step, err)
 			}

@@ -22,14 +22,19 @@ type rig struct {
 	links *FakeLinks
 	a     *Applier
 	cfg   Config
+	// clock is the applier's: failed ops wait for their backoff to pass.
+	clock time.Time
 }
 
 func newRig(cfg Config) *rig {
 	log := &FakeLog{}
-	r := &rig{log: log, ipvs: NewFakeIPVS(log), links: NewFakeLinks(log), cfg: cfg}
-	r.a = NewApplier(r.ipvs, r.links)
+	r := &rig{log: log, ipvs: NewFakeIPVS(log), links: NewFakeLinks(log), cfg: cfg, clock: time.Unix(1_000_000, 0)}
+	r.a = NewApplierWithOptions(r.ipvs, r.links, ApplierOptions{Now: func() time.Time { return r.clock }})
 	return r
 }
+
+// pastBackoff moves the clock past every failed op's retry time.
+func (r *rig) pastBackoff() { r.clock = r.clock.Add(maxRetry) }
 
 func (r *rig) kernel(t *testing.T) *State {
 	t.Helper()
@@ -211,18 +216,17 @@ func TestApplierErrorsDoNotStopOtherOps(t *testing.T) {
 	r.links.FailOn("ip addr add 10.96.0.3/32 dev kube-ipvs0", errBoom)
 
 	d := Plan(snap, r.cfg)
-	err := r.a.Reconcile(d)
-	if !errors.Is(err, errBoom) {
-		t.Fatalf("Reconcile error = %v, want boom", err)
+	// Each failure is its Service's, not the node's: the sync succeeds.
+	if err := r.a.Reconcile(d); err != nil {
+		t.Fatalf("Reconcile error = %v, want the failures kept per Service", err)
 	}
-	for _, want := range []string{
-		"ipvsadm -A -t 10.96.0.1:80 -s rr (service default/a:http): boom",
-		"ipvsadm -a -t 10.96.0.2:80 -r 10.244.1.2:80 -m -w 1 (service default/b:http): boom",
-		"ip addr add 10.96.0.3/32 dev kube-ipvs0: boom",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
-		}
+	wantFailures := []ServiceFailure{
+		{Service: key("default", "a"), Reason: ReasonKernelRefused, Message: "ipvsadm -A -t 10.96.0.1:80 -s rr (service default/a:http): boom"},
+		{Service: key("default", "b"), Reason: ReasonKernelRefused, Message: "ipvsadm -a -t 10.96.0.2:80 -r 10.244.1.2:80 -m -w 1 (service default/b:http): boom"},
+		{Service: key("default", "c"), Reason: ReasonKernelRefused, Message: "ip addr add 10.96.0.3/32 dev kube-ipvs0: boom"},
+	}
+	if got := r.a.Failures(); !slices.Equal(got, wantFailures) {
+		t.Errorf("Failures:\n%v\nwant:\n%v", got, wantFailures)
 	}
 	log := strings.Join(r.log.Lines(), "\n")
 	if strings.Contains(log, "-a -t 10.96.0.1:80") {
@@ -244,11 +248,21 @@ addr 10.96.0.2/32
 	}
 
 	// Once the kernel recovers, an incremental apply retries just the
-	// failures.
+	// failures, after their backoff.
 	r.ipvs.FailOn("ipvsadm -A -t 10.96.0.1:80 -s rr", nil)
 	r.ipvs.FailOn("ipvsadm -a -t 10.96.0.2:80 -r 10.244.1.2:80 -m -w 1", nil)
 	r.links.FailOn("ip addr add 10.96.0.3/32 dev kube-ipvs0", nil)
 	r.log.Reset()
+	if err := r.a.ApplyServices(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.log.Lines(); len(got) > 0 {
+		t.Errorf("retried before the backoff passed:\n%s", strings.Join(got, "\n"))
+	}
+	if next := r.a.NextRetry(); !next.Equal(r.clock.Add(minRetry)) {
+		t.Errorf("NextRetry = %v, want %v", next, r.clock.Add(minRetry))
+	}
+	r.pastBackoff()
 	if err := r.a.ApplyServices(nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -262,6 +276,9 @@ addr 10.96.0.2/32
 		t.Errorf("retry ops:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantOps, "\n"))
 	}
 	r.checkKernel(t, &d.State)
+	if got := r.a.Failures(); len(got) > 0 || !r.a.NextRetry().IsZero() {
+		t.Errorf("after the retry: Failures %v, NextRetry %v", got, r.a.NextRetry())
+	}
 }
 
 // TestApplierPartialServerFailure checks the memory after some ops of one
@@ -278,8 +295,11 @@ func TestApplierPartialServerFailure(t *testing.T) {
 	r.ipvs.FailOn("ipvsadm -d -t 10.96.0.20:80 -r 10.244.1.1:80", errBoom)
 	r.ipvs.FailOn("ipvsadm -E -t 10.96.0.20:80 -s rr -p 60", errBoom)
 	err := r.a.ApplyServices([]servicecache.ServiceKey{key("default", "web")}, PlanServices(next, []servicecache.ServiceKey{key("default", "web")}, r.cfg))
-	if !errors.Is(err, errBoom) {
-		t.Fatalf("error = %v", err)
+	if err != nil {
+		t.Fatalf("error = %v, want the failures kept for the Service", err)
+	}
+	if f := r.a.Failures(); len(f) != 1 || f[0].Service != key("default", "web") {
+		t.Errorf("Failures = %v, want default/web's virtual server", f)
 	}
 	want := `addr 10.96.0.20/32
 -A -t 10.96.0.20:80 -s rr
@@ -296,6 +316,7 @@ func TestApplierPartialServerFailure(t *testing.T) {
 
 	r.ipvs.FailOn("ipvsadm -d -t 10.96.0.20:80 -r 10.244.1.1:80", nil)
 	r.ipvs.FailOn("ipvsadm -E -t 10.96.0.20:80 -s rr -p 60", nil)
+	r.pastBackoff()
 	if err := r.a.ApplyServices(nil, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -33,12 +33,12 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 			errs = append(errs, opError(op, err))
 			if op.VS != nil {
 				failed[op.VS.Key] = true
-				a.retryVS[op.VS.Key] = struct{}{}
+				a.failed(op.VS.Key, errs[len(errs)-1])
 				if op.Kind == OpAddService {
 					notAdded[op.VS.Key] = true
 				}
 			} else {
-				a.retryAddrs[op.Addr] = struct{}{}
+				a.failedAddr(op.Addr, errs[len(errs)-1])
 			}
 			continue
 		}
@@ -139,9 +139,9 @@ func opError(op Op, err error) error {
 		if op.VS.PortName != "" {
 			svc += ":" + op.VS.PortName
 		}
-		return fmt.Errorf("%s (service %s): %w", op, svc, err)
+		return &opFailure{kind: op.Kind, msg: fmt.Sprintf("%s (service %s): %v", op, svc, err), err: err}
 	}
-	return fmt.Errorf("%s: %w", op, err)
+	return &opFailure{kind: op.Kind, msg: fmt.Sprintf("%s: %v", op, err), err: err}
 }
 
 // settle replays the successful ops of one virtual server (indexes idx into

@@ -152,7 +152,7 @@ func ValidateDesired(d *Desired, snap *servicecache.Snapshot, cfg Config) error 
 	}
 
 	for _, p := range d.Problems {
-		if snap.Service(p.Service) == nil || (p.Reason != ReasonInvalidScheduler && p.Reason != ReasonInvalidSchedulerFlags) || p.Message == "" {
+		if snap.Service(p.Service) == nil || (p.Reason != ReasonInvalidScheduler && p.Reason != ReasonInvalidSchedulerFlags && p.Reason != ReasonAddressConflict && p.Reason != ReasonSchedulerUnavailable) || p.Message == "" {
 			fail("problem %+v", p)
 		}
 	}

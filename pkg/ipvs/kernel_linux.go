@@ -119,6 +119,39 @@ func (k *KernelIPVS) AddService(vs *VirtualServer) error {
 	return k.h.NewService(toLibService(vs))
 }
 
+// probeMarks are the firewall marks a scheduler probe tries, in turn, for
+// its throwaway virtual server: values no Service uses (the proxy makes no
+// fwmark services) and unlikely to be another tool's.
+var probeMarks = []uint32{0x6b697076, 0x6b697077, 0x6b697078}
+
+// ProbeScheduler reports whether the kernel can load the scheduler name,
+// by adding a throwaway firewall-mark virtual server with it and deleting
+// it at once: `ipvsadm -A -f MARK -s NAME; ipvsadm -D -f MARK`. The kernel
+// loads ip_vs_NAME on the add, or answers ENOENT when it has no such
+// module. The probe's server exists for the time of two netlink calls
+// and matches no packet (nothing sets that mark).
+func (k *KernelIPVS) ProbeScheduler(name string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var last error
+	for _, mark := range probeMarks {
+		svc := &libipvs.Service{FWMark: mark, AddressFamily: unix.AF_INET, Netmask: 0xffffffff, SchedName: name}
+		err := k.h.NewService(svc)
+		if errors.Is(err, unix.EEXIST) {
+			last = err // someone's server on that mark: try the next
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("ipvsadm -A -f %d -s %s: %w", mark, name, err)
+		}
+		if err := k.h.DelService(svc); err != nil {
+			return fmt.Errorf("ipvsadm -D -f %d (the scheduler probe's server): %w", mark, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("no free firewall mark for the scheduler probe: %w", last)
+}
+
 // UpdateService is `ipvsadm -E -t VIP:PORT -s rr [-p TIMEOUT]`.
 func (k *KernelIPVS) UpdateService(vs *VirtualServer) error {
 	k.mu.Lock()

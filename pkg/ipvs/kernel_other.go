@@ -31,6 +31,7 @@ func (k *KernelIPVS) DeleteDestination(VSKey, RSKey) error      { return errNotL
 func (k *KernelIPVS) Destinations(VSKey) ([]DestStats, error)   { return nil, errNotLinux }
 func (k *KernelIPVS) SetTimeouts(_, _, _ time.Duration) error   { return errNotLinux }
 func (k *KernelIPVS) Timeouts() (Timeouts, error)               { return Timeouts{}, errNotLinux }
+func (k *KernelIPVS) ProbeScheduler(string) error               { return errNotLinux }
 
 // KernelLinks is unavailable off Linux.
 type KernelLinks struct{}

@@ -11,6 +11,10 @@ import (
 type Config struct {
 	// Scheduler for every virtual server; "" means DefaultScheduler.
 	Scheduler string
+	// SchedulerAvailable reports whether the kernel can load a scheduler
+	// (Schedulers.Available); nil: every scheduler. A Service annotated
+	// with one it cannot load gets Scheduler and a Problem.
+	SchedulerAvailable func(name string) bool
 	// NodePortAddresses are the node addresses NodePort virtual servers are
 	// put on (the caller resolves --nodeport-addresses against the node's
 	// addresses). Both families may be mixed.
@@ -38,6 +42,7 @@ type Config struct {
 type planner struct {
 	scheduler         string
 	flags             Flags
+	schedAvailable    func(string) bool
 	nodeAddrs         []netip.Addr
 	local             []netip.Addr
 	exclude           []netip.Prefix
@@ -52,6 +57,7 @@ type planner struct {
 func newPlanner(cfg Config, node *servicecache.Node) planner {
 	p := planner{
 		scheduler:         cfg.Scheduler,
+		schedAvailable:    cfg.SchedulerAvailable,
 		exclude:           normalizePrefixes(cfg.ExcludeCIDRs),
 		local:             normalizeAddrs(cfg.LocalAddresses),
 		fallbackToCluster: cfg.LocalFallbackToCluster,

@@ -12,8 +12,9 @@ import (
 
 // Known is the desired state the applier holds: the last Reconcile's plan
 // with every ApplyServices since, which is what Plan computes for the same
-// Services as long as no two of them wanted the same virtual server (which
-// Plan settles in Service order, and per-Service changes cannot). A
+// Services as long as no plan applied since the last Reconcile had a
+// Conflict (Plan and PlanChanges settle them alike, by age, when the
+// caller passes what the changed Services held). A
 // periodic resync with nothing changed reconciles it instead of planning
 // every Service again. Nil before the first Reconcile or after a conflict.
 // It has no Problems; the caller must not modify it.

@@ -245,7 +245,7 @@ var (
 		&metrics.CounterOpts{
 			Namespace:      ownNamespace,
 			Name:           "service_failures_total",
-			Help:           "Cumulative kernel operations refused because of one Service's content, by reason",
+			Help:           "Cumulative count of Services found refused by the kernel (a new problem with one Service), by reason",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"reason"},

@@ -30,6 +30,10 @@ import (
 type Config struct {
 	// Scheduler for every virtual server ("" = rr).
 	Scheduler string
+	// Schedulers, when set, probes the schedulers Services ask for in
+	// annotations, so that the planner refuses those the kernel cannot
+	// load (the Service gets Scheduler and a Warning Event).
+	Schedulers *ipvs.Schedulers
 	// Families programmed by iptables/ipset (IPVS is one table for both).
 	Families []iptables.Family
 	// ClusterCIDRs is --cluster-cidr.
@@ -75,6 +79,9 @@ type Options struct {
 	// kernel parameters the proxy needs, should something have changed
 	// them since the start.
 	Sysctls func() error
+	// RetryAt, when set, is asked for a sync at the time the earliest
+	// Service the kernel refused is due for a retry (runner.TriggerAt).
+	RetryAt func(time.Time)
 }
 
 // Snapshotter is the service cache as the proxier sees it.
@@ -111,6 +118,9 @@ type Proxier struct {
 	// guard's problems with Services, each once.
 	planProblems  problemLog
 	guardProblems problemLog
+	// kernelProblems reports the Services the kernel refused (ipvs
+	// Applier.Failures): their sync failures stay theirs.
+	kernelProblems problemLog
 	// guard drops the addresses that must not be programmed.
 	guard guard.Guard
 	// iptPlanner re-plans only the changed Services' set entries.
@@ -132,15 +142,21 @@ func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error),
 		cfg.Guard.ClusterCIDRs = cfg.ClusterCIDRs
 	}
 	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health, opts: opts,
-		planProblems:  problemLog{logMessage: "Service programmed with a workaround"},
-		guardProblems: problemLog{logMessage: "Service address refused"}}
+		planProblems:   problemLog{logMessage: "Service programmed with a workaround"},
+		guardProblems:  problemLog{logMessage: "Service address refused"},
+		kernelProblems: problemLog{logMessage: "The kernel refused to program a Service; retrying it with backoff", errorLevel: true}}
 }
 
 // IPVSConfig is the planner configuration for the given snapshot and
 // local addresses.
 func (p *Proxier) IPVSConfig(snap *servicecache.Snapshot, local []netip.Addr) ipvs.Config {
+	var available func(string) bool
+	if p.cfg.Schedulers != nil {
+		available = p.cfg.Schedulers.Available
+	}
 	return ipvs.Config{
 		Scheduler:              p.cfg.Scheduler,
+		SchedulerAvailable:     available,
 		NodePortAddresses:      p.cfg.NodePortAddresses(snap.Node.Addresses),
 		LocalAddresses:         local,
 		ExcludeCIDRs:           p.cfg.ExcludeCIDRs,
@@ -188,6 +204,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 			done, err = p.ipvs.Resync()
 		}
 		if !done {
+			p.probeSchedulers(snap, nil)
 			d := ipvs.Plan(snap, ic)
 			p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
 			err = p.ipvs.Reconcile(d)
@@ -198,14 +215,23 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 			p.reconciled, p.lastIPVS, p.lastNode, ipvsOK = true, ic, snap.Node, true
 		}
 	} else {
-		d := ipvs.PlanServices(snap, snap.Changed, ic)
-		p.planProblems.report(p.opts.Events, snap, snap.Changed, planProblems(d.Problems))
-		if err := p.ipvs.ApplyServices(snap.Changed, d); err != nil {
+		p.probeSchedulers(snap, snap.Changed)
+		// What the changed Services held lets the planner hand an address
+		// they release to the next claimant by age (d.Replanned).
+		d := ipvs.PlanChanges(snap, snap.Changed, p.ipvs.Held(snap.Changed), ic)
+		keys := snap.Changed
+		if len(d.Replanned) > 0 { // disjoint from snap.Changed
+			keys = slices.Concat(snap.Changed, d.Replanned)
+			slices.SortFunc(keys, servicecache.ServiceKey.Compare)
+		}
+		p.planProblems.report(p.opts.Events, snap, keys, planProblems(d.Problems))
+		if err := p.ipvs.ApplyServices(keys, d); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 		} else {
 			ipvsOK = true
 		}
 	}
+	p.reportKernelFailures(snap)
 	ipvsTook := time.Since(phase)
 	phase = time.Now()
 	if p.opts.ServiceHealth != nil {
@@ -305,6 +331,43 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	return nil
 }
 
+// probeSchedulers has the kernel probed for the schedulers the Services
+// named by keys (every Service when nil) ask for, once per name, before
+// they are planned.
+func (p *Proxier) probeSchedulers(snap *servicecache.Snapshot, keys []servicecache.ServiceKey) {
+	if p.cfg.Schedulers == nil {
+		return
+	}
+	if keys != nil && len(keys) == 0 {
+		return
+	}
+	p.cfg.Schedulers.Ensure(ipvs.AnnotatedSchedulers(snap, keys)...)
+}
+
+// reportKernelFailures reports the Services the kernel refused, each
+// problem once (a log line and a Warning Event), keeps the gauge of them,
+// and asks for a sync when the earliest is due for a retry.
+func (p *Proxier) reportKernelFailures(snap *servicecache.Snapshot) {
+	failures := p.ipvs.Failures()
+	list := make([]problem, len(failures))
+	services := map[servicecache.ServiceKey]struct{}{}
+	for i, f := range failures {
+		list[i] = problem{Service: f.Service, Reason: f.Reason, Message: f.Message}
+		services[f.Service] = struct{}{}
+	}
+	for _, k := range p.kernelProblems.report(p.opts.Events, snap, nil, list) {
+		for _, pr := range list {
+			if pr.Service == k {
+				metrics.ServicesFailedTotal.WithLabelValues(pr.Reason).Inc()
+			}
+		}
+	}
+	metrics.ServicesFailed.Set(float64(len(services)))
+	if next := p.ipvs.NextRetry(); !next.IsZero() && p.opts.RetryAt != nil {
+		p.opts.RetryAt(next)
+	}
+}
+
 // cleanConntrack removes stale UDP conntrack entries of the Services that
 // changed since the last successful cleanup. Failures are logged: stale
 // entries expire by themselves, and the next sync tries again.
@@ -373,6 +436,8 @@ func planProblems(probs []ipvs.Problem) []problem {
 // Events, each once: again only after it went away and came back.
 type problemLog struct {
 	logMessage string
+	// errorLevel logs at error level (a failure, not a workaround).
+	errorLevel bool
 	// reported holds, per Service, the problems already reported.
 	reported map[servicecache.ServiceKey][]problem
 }
@@ -417,7 +482,11 @@ func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, ke
 			if slices.Contains(old, pr) {
 				continue
 			}
-			klog.InfoS(l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
+			if l.errorLevel {
+				klog.ErrorS(nil, l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
+			} else {
+				klog.InfoS(l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
+			}
 			if rec != nil {
 				var uid types.UID
 				if svc := snap.Service(k); svc != nil {

@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/metrics"
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
@@ -130,18 +135,52 @@ addr 10.96.0.20/32
 	}
 }
 
-func TestSyncErrorIsReturnedAndRepairedByTheNextSync(t *testing.T) {
+// One Service the kernel refuses is that Service's failure: the sync
+// succeeds (health stays good), the other Services are programmed, the
+// Service gets one Warning Event and counts in the gauge, a retry is
+// asked for, and the next full sync programs it once the kernel accepts.
+func TestOneRefusedServiceDoesNotFailTheSync(t *testing.T) {
 	f := newFixture()
+	ev := &fakeEvents{}
+	f.p.opts.Events = ev
+	var retryAt []time.Time
+	f.p.opts.RetryAt = func(at time.Time) { retryAt = append(retryAt, at) }
 	svc := web("10.244.1.2")
-	f.snaps.queue = []*servicecache.Snapshot{{Services: []*servicecache.Service{svc}, Node: node, Changed: []servicecache.ServiceKey{svc.Key}}}
-	injected := errors.New("injected")
-	f.ipvs.FailOn("ipvsadm -A -t 10.96.0.10:80 -s rr", injected)
-	err := f.p.Sync(context.Background(), true)
-	if !errors.Is(err, injected) {
-		t.Fatalf("Sync returned %v, want the injected error", err)
+	svc.UID = "uid-web"
+	other := &servicecache.Service{
+		Key: servicecache.ServiceKey{Namespace: "default", Name: "other"}, Type: v1.ServiceTypeClusterIP,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")},
+		Ports:      []servicecache.ServicePort{{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, Endpoints: []servicecache.Endpoint{{Addr: netip.MustParseAddr("10.244.1.5"), Port: 53, Ready: true, Serving: true}}}},
 	}
-	if len(f.health.updated) != 0 {
-		t.Fatal("a failed sync must not mark the proxy healthy")
+	snap := &servicecache.Snapshot{Services: []*servicecache.Service{other, svc}, Node: node, Changed: []servicecache.ServiceKey{other.Key, svc.Key}}
+	f.snaps.queue = []*servicecache.Snapshot{snap}
+	f.ipvs.FailOn("ipvsadm -A -t 10.96.0.10:80 -s rr", syscall.EINVAL)
+	metrics.Register()
+	if err := f.p.Sync(context.Background(), true); err != nil {
+		t.Fatalf("Sync = %v, want the failure kept with the Service", err)
+	}
+	if len(f.health.updated) != 1 {
+		t.Fatal("a sync with one refused Service must keep the proxy healthy")
+	}
+	if !strings.Contains(f.kernel(t), "-a -u 10.96.0.20:53 -r 10.244.1.5:53 -m -w 1") {
+		t.Fatalf("the other Service was not programmed:\n%s", f.kernel(t))
+	}
+	if want := []string{"default/web uid-web " + ipvs.ReasonKernelRefused}; !slices.Equal(ev.got, want) {
+		t.Errorf("Events %v, want %v", ev.got, want)
+	}
+	if n := gaugeValue(t, "kubeipvsproxy_services_failed"); n != 1 {
+		t.Errorf("kubeipvsproxy_services_failed = %v, want 1", n)
+	}
+	if len(retryAt) == 0 {
+		t.Error("no retry asked for")
+	}
+	// Still refused on the next syncs: no second Event.
+	f.snaps.queue = []*servicecache.Snapshot{{Services: snap.Services, Node: node}}
+	if err := f.p.Sync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if len(ev.got) != 1 {
+		t.Errorf("Events %v, want still one", ev.got)
 	}
 	f.ipvs.FailOn("ipvsadm -A -t 10.96.0.10:80 -s rr", nil)
 	if err := f.p.Sync(context.Background(), true); err != nil {
@@ -150,6 +189,49 @@ func TestSyncErrorIsReturnedAndRepairedByTheNextSync(t *testing.T) {
 	if !strings.Contains(f.kernel(t), "-a -t 10.96.0.10:80 -r 10.244.1.2:8080 -m -w 1") {
 		t.Fatalf("the retry did not program the ClusterIP:\n%s", f.kernel(t))
 	}
+	if n := gaugeValue(t, "kubeipvsproxy_services_failed"); n != 0 {
+		t.Errorf("kubeipvsproxy_services_failed = %v after the retry, want 0", n)
+	}
+}
+
+// A failure that is no Service's (the dummy link cannot be made) fails the
+// sync: health then reflects it, and the next sync repairs.
+func TestNodeFailureIsReturnedAndRepairedByTheNextSync(t *testing.T) {
+	f := newFixture()
+	svc := web("10.244.1.2")
+	f.snaps.queue = []*servicecache.Snapshot{{Services: []*servicecache.Service{svc}, Node: node, Changed: []servicecache.ServiceKey{svc.Key}}}
+	injected := errors.New("injected")
+	f.links.FailOn(ipvs.FakeAddLinkCmd, injected)
+	err := f.p.Sync(context.Background(), true)
+	if !errors.Is(err, injected) {
+		t.Fatalf("Sync returned %v, want the injected error", err)
+	}
+	if len(f.health.updated) != 0 {
+		t.Fatal("a failed sync must not mark the proxy healthy")
+	}
+	f.links.FailOn(ipvs.FakeAddLinkCmd, nil)
+	if err := f.p.Sync(context.Background(), true); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !strings.Contains(f.kernel(t), "-a -t 10.96.0.10:80 -r 10.244.1.2:8080 -m -w 1") {
+		t.Fatalf("the retry did not program the ClusterIP:\n%s", f.kernel(t))
+	}
+}
+
+// gaugeValue reads one unlabelled gauge from the legacy registry.
+func gaugeValue(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }
 
 func TestSyncBeforeCacheSyncFails(t *testing.T) {
