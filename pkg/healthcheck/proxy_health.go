@@ -49,6 +49,13 @@ type ProxyHealth struct {
 	Status  map[v1.IPFamily]ProxierHealth `json:"status,omitempty"`
 }
 
+// StartupTimeoutFactor: the first sync after the loop starts may take
+// this many health timeouts (10 minutes at the default sync period)
+// before /livez fails. A cold sync of 10,000 Services on a busy node under
+// the DaemonSet's CPU request takes minutes, and a restart would only
+// start it over while the kernel state of before keeps Services working.
+const StartupTimeoutFactor = 10
+
 // ProxyHealthServer tracks sync progress per IP family and serves it.
 //
 // The sync loop calls QueuedUpdate when it learns of a change and Updated
@@ -57,7 +64,10 @@ type ProxyHealth struct {
 // sync loop runs (SyncLoopRunning), when no sync has succeeded for
 // healthTimeout: the periodic resync runs every sync period, half the
 // timeout, so syncs that fail or hang are caught even when nothing is
-// queued (kube-proxy misses those). As in kube-proxy, a family is only
+// queued (kube-proxy misses those). Until the first sync after the loop
+// started has succeeded, neither rule applies: the first sync may take up
+// to StartupTimeoutFactor health timeouts (a cold start), and changes
+// queued meanwhile wait for it anyway. As in kube-proxy, a family is only
 // judged after its first Updated call, so the sync loop should call Updated
 // once when it starts (kube-proxy does so in SyncLoop).
 //
@@ -75,8 +85,11 @@ type ProxyHealthServer struct {
 	lastUpdated map[v1.IPFamily]time.Time
 	// oldestQueued is when the oldest change not yet synced was queued.
 	oldestQueued map[v1.IPFamily]time.Time
-	// loopRunning turns on the stall rule.
+	// loopRunning turns on the stall rule, once synced (the first sync
+	// since loopStart succeeded).
 	loopRunning bool
+	loopStart   time.Time
+	synced      map[v1.IPFamily]bool
 	// apiTimeout > 0 turns on the API server rule of /healthz; apiContact
 	// is the last time the API server answered.
 	apiTimeout time.Duration
@@ -99,6 +112,7 @@ func newProxyHealthServer(addr string, healthTimeout time.Duration, node func() 
 		clock:         c,
 		lastUpdated:   make(map[v1.IPFamily]time.Time),
 		oldestQueued:  make(map[v1.IPFamily]time.Time),
+		synced:        make(map[v1.IPFamily]bool),
 	}
 }
 
@@ -109,6 +123,9 @@ func (hs *ProxyHealthServer) Updated(family v1.IPFamily) {
 	defer hs.mu.Unlock()
 	delete(hs.oldestQueued, family)
 	hs.lastUpdated[family] = hs.clock.Now()
+	if hs.loopRunning {
+		hs.synced[family] = true
+	}
 }
 
 // SyncLoopRunning tells the server that the caches have synced and the
@@ -121,6 +138,7 @@ func (hs *ProxyHealthServer) SyncLoopRunning() {
 	defer hs.mu.Unlock()
 	hs.loopRunning = true
 	now := hs.clock.Now()
+	hs.loopStart = now
 	for f := range hs.lastUpdated {
 		hs.lastUpdated[f] = now
 	}
@@ -179,12 +197,20 @@ func (hs *ProxyHealthServer) Health() ProxyHealth {
 			health.LastUpdated = last
 		}
 		healthy := true
-		if queued, pending := hs.oldestQueued[family]; pending && now.Sub(queued) >= hs.healthTimeout {
-			healthy = false
-		}
-		// Syncs that fail or hang: no success for healthTimeout.
-		if hs.loopRunning && now.Sub(last) >= hs.healthTimeout {
-			healthy = false
+		switch {
+		case hs.loopRunning && !hs.synced[family]:
+			// The first sync: bounded, but by the startup timeout.
+			if now.Sub(hs.loopStart) >= StartupTimeoutFactor*hs.healthTimeout {
+				healthy = false
+			}
+		default:
+			if queued, pending := hs.oldestQueued[family]; pending && now.Sub(queued) >= hs.healthTimeout {
+				healthy = false
+			}
+			// Syncs that fail or hang: no success for healthTimeout.
+			if hs.loopRunning && now.Sub(last) >= hs.healthTimeout {
+				healthy = false
+			}
 		}
 		if !healthy {
 			health.Healthy = false

@@ -63,7 +63,27 @@ func TestHealth(t *testing.T) {
 		},
 		{
 			name:        "sync loop running: no successful sync for the timeout is unhealthy",
-			steps:       []step{{updated: []v1.IPFamily{v4}}, {advance: time.Minute, loop: true}, {advance: timeout}},
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {advance: time.Minute, loop: true}, {advance: time.Second, updated: []v1.IPFamily{v4}}, {advance: timeout}},
+			wantHealthy: false,
+			wantStatus:  map[v1.IPFamily]bool{v4: false},
+		},
+		{
+			name: "the first sync (a cold start) is not judged by the timeout, nor are changes queued meanwhile",
+			steps: []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: time.Second, queued: []v1.IPFamily{v4}},
+				{advance: StartupTimeoutFactor*timeout - time.Second - time.Nanosecond}},
+			wantHealthy: true,
+			wantStatus:  map[v1.IPFamily]bool{v4: true},
+		},
+		{
+			name:        "a first sync that never ends is unhealthy after the startup timeout",
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: StartupTimeoutFactor * timeout}},
+			wantHealthy: false,
+			wantStatus:  map[v1.IPFamily]bool{v4: false},
+		},
+		{
+			name: "after the first sync the usual rules apply",
+			steps: []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: 5 * timeout, updated: []v1.IPFamily{v4}},
+				{queued: []v1.IPFamily{v4}}, {advance: timeout}},
 			wantHealthy: false,
 			wantStatus:  map[v1.IPFamily]bool{v4: false},
 		},

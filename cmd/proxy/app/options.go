@@ -25,9 +25,11 @@ const (
 	DefaultIPVSSyncPeriod     = 30 * time.Second
 	// DefaultGracefulTerminationTimeout bounds draining (upstream: unbounded).
 	DefaultGracefulTerminationTimeout = 60 * time.Second
-	// DefaultHealthzAPIServerTimeout: how long the API server may be
-	// unreachable before /healthz fails (kube-proxy has no such check).
-	DefaultHealthzAPIServerTimeout = 2 * time.Minute
+	// DefaultHealthzAPIServerTimeout: the API server check of /healthz is
+	// off (kube-proxy has no such check). Load balancers probe /healthz on
+	// every node: failing it during a control-plane outage would drop all
+	// ingress at once while the data plane still works.
+	DefaultHealthzAPIServerTimeout = time.Duration(0)
 	// DefaultIPVSMinSyncPeriod is what an --ipvs-min-sync-period of 0 means:
 	// kube-proxy's own default for the flag.
 	DefaultIPVSMinSyncPeriod = time.Second
@@ -183,7 +185,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	o.Conntrack.AddFlags(fs)
 	o.Guard.AddFlags(fs)
 	fs.DurationVar(&o.HealthzAPIServerTimeout, "healthz-api-server-timeout", o.HealthzAPIServerTimeout,
-		"/healthz (read by load balancers) fails once the API server has not answered for this long, as the node's Services are then stale; /livez does not. 0 turns the check off.")
+		"/healthz (read by load balancers) fails once the API server has not answered for this long, as the node's Services are then stale; /livez does not. 0 (the default) turns the check off: an outage of the control plane would otherwise fail every node's /healthz at once, and load balancers would drop all ingress while the data plane works.")
 
 	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", o.DetectLocalMode,
 		"Mode to use to detect local traffic: ClusterCIDR (the default), NodeCIDR, BridgeInterface or InterfaceNamePrefix.")

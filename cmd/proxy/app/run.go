@@ -112,7 +112,7 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 
-	recorder := events.NewAPIRecorder(ctx, client)
+	recorder := events.NewAPIRecorderForNode(ctx, client, nodeName)
 	defer recorder.Shutdown()
 
 	metrics.Register()
@@ -128,14 +128,27 @@ func Run(ctx context.Context, o *Options) error {
 		go healthcheck.ProbeAPIServer(ctx, client.Discovery().RESTClient(), apiProbePeriod(o.HealthzAPIServerTimeout), health)
 	}
 
+	// The schedulers the kernel can load, probed once per name. Should the
+	// global one be missing (a node with an older kernel than the others),
+	// the proxy says so and uses rr rather than failing every Service.
+	schedulers := ipvs.NewSchedulers(kipvs.ProbeScheduler)
+	scheduler := o.Scheduler()
+	schedulers.Ensure(scheduler)
+	if err := schedulers.Unavailable(scheduler); err != nil {
+		klog.ErrorS(err, "The kernel cannot load the IPVS scheduler of --ipvs-scheduler; using the default instead", "scheduler", scheduler, "default", ipvs.DefaultScheduler)
+		scheduler = ipvs.DefaultScheduler
+	}
+
 	svcHealth := healthcheck.NewServiceHealthServer(nodeName, nil, func() bool { return health.Health().Healthy })
 	defer svcHealth.Close()
 	applier := ipvs.NewApplierWithOptions(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.ApplierOptions{
 		GracefulTerminationTimeout: o.GracefulTerminationTimeout,
 		Excluded:                   excluded,
 	})
+	var r *runner.Runner // the proxier asks it for retries
 	p := proxy.New(proxy.Config{
-		Scheduler:     o.Scheduler(),
+		Scheduler:     scheduler,
+		Schedulers:    schedulers,
 		Families:      families,
 		ClusterCIDRs:  clusterCIDRs,
 		MasqueradeAll: o.MasqueradeAll,
@@ -148,10 +161,11 @@ func Run(ctx context.Context, o *Options) error {
 		LocalFallbackToCluster: o.ExternalLocalFallback,
 		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables, Generation: generation}, health,
-		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls})
+		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls,
+			RetryAt: func(at time.Time) { r.TriggerAt(at) }})
 	go drain(ctx, applier)
 
-	r := runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
+	r = runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
 	cache.OnChange(func() {
 		for _, f := range families {
 			health.QueuedUpdate(familyOf(f))
@@ -171,7 +185,7 @@ func Run(ctx context.Context, o *Options) error {
 		return fmt.Errorf("informer caches did not sync: %w", context.Cause(ctx))
 	}
 	klog.InfoS("Caches synced; starting the sync loop", "node", nodeName, "families", fmt.Sprint(families),
-		"scheduler", o.Scheduler(), "syncPeriod", o.IPVSSyncPeriod, "minSyncPeriod", o.EffectiveMinSyncPeriod())
+		"scheduler", scheduler, "syncPeriod", o.IPVSSyncPeriod, "minSyncPeriod", o.EffectiveMinSyncPeriod())
 	health.SyncLoopRunning()
 	r.Loop(ctx)
 	cache.Shutdown()
