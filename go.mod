@@ -3,7 +3,6 @@ module github.com/kube-ipvs-proxy/kube-ipvs-proxy
 go 1.26.0
 
 require (
-	github.com/coreos/go-iptables v0.8.0
 	github.com/go-logr/logr v1.4.3
 	github.com/moby/ipvs v1.1.0
 	github.com/spf13/cobra v1.10.2

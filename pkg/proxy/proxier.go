@@ -7,13 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/conntrack"
@@ -121,6 +119,10 @@ type Proxier struct {
 	// kernelProblems reports the Services the kernel refused (ipvs
 	// Applier.Failures): their sync failures stay theirs.
 	kernelProblems problemLog
+	// iptProblems reports the iptables planner's problems with Services
+	// (source ranges that fail closed) and set entries a full ipset
+	// refused.
+	iptProblems problemLog
 	// guard drops the addresses that must not be programmed.
 	guard guard.Guard
 	// iptPlanner re-plans only the changed Services' set entries.
@@ -144,7 +146,8 @@ func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error),
 	return &Proxier{cfg: cfg, cache: cache, localAddrs: localAddrs, ipvs: ipvsApplier, ipt: ipt, health: health, opts: opts,
 		planProblems:   problemLog{logMessage: "Service programmed with a workaround"},
 		guardProblems:  problemLog{logMessage: "Service address refused"},
-		kernelProblems: problemLog{logMessage: "The kernel refused to program a Service; retrying it with backoff", errorLevel: true}}
+		kernelProblems: problemLog{logMessage: "The kernel refused to program a Service; retrying it with backoff", errorLevel: true},
+		iptProblems:    problemLog{logMessage: "Service limited by iptables/ipset programming"}}
 }
 
 // IPVSConfig is the planner configuration for the given snapshot and
@@ -231,7 +234,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 			ipvsOK = true
 		}
 	}
-	p.reportKernelFailures(snap)
+	failed := p.reportKernelFailures(snap)
 	ipvsTook := time.Since(phase)
 	phase = time.Now()
 	if p.opts.ServiceHealth != nil {
@@ -281,6 +284,16 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iptables/ipset: %w", err))
 	}
+	// d.ServiceProblems and changes.Refused are complete every sync (the
+	// planner keeps every Service's; refused entries are retried by every
+	// apply), hence nil keys.
+	p.iptProblems.report(p.opts.Events, snap, nil, iptProblems(d.ServiceProblems, changes.Refused))
+	for _, r := range changes.Refused {
+		for _, k := range r.Services {
+			failed[k] = struct{}{}
+		}
+	}
+	metrics.ServicesFailed.Set(float64(len(failed)))
 
 	iptablesTook := time.Since(phase)
 	ipvsChanged := p.ipvs.TakeChanged()
@@ -344,10 +357,10 @@ func (p *Proxier) probeSchedulers(snap *servicecache.Snapshot, keys []servicecac
 	p.cfg.Schedulers.Ensure(ipvs.AnnotatedSchedulers(snap, keys)...)
 }
 
-// reportKernelFailures reports the Services the kernel refused, each
-// problem once (a log line and a Warning Event), keeps the gauge of them,
-// and asks for a sync when the earliest is due for a retry.
-func (p *Proxier) reportKernelFailures(snap *servicecache.Snapshot) {
+// reportKernelFailures reports the Services the IPVS kernel refused, each
+// problem once (a log line and a Warning Event), asks for a sync when the
+// earliest is due for a retry, and returns them (for the gauge).
+func (p *Proxier) reportKernelFailures(snap *servicecache.Snapshot) map[servicecache.ServiceKey]struct{} {
 	failures := p.ipvs.Failures()
 	list := make([]problem, len(failures))
 	services := map[servicecache.ServiceKey]struct{}{}
@@ -362,10 +375,10 @@ func (p *Proxier) reportKernelFailures(snap *servicecache.Snapshot) {
 			}
 		}
 	}
-	metrics.ServicesFailed.Set(float64(len(services)))
 	if next := p.ipvs.NextRetry(); !next.IsZero() && p.opts.RetryAt != nil {
 		p.opts.RetryAt(next)
 	}
+	return services
 }
 
 // cleanConntrack removes stale UDP conntrack entries of the Services that
@@ -414,91 +427,6 @@ func (p *Proxier) filter(snap *servicecache.Snapshot) *servicecache.Snapshot {
 		out = &c
 	}
 	return out
-}
-
-// problem is a planner's or the guard's problem with a Service (ipvs.Problem
-// and guard.Problem convert to it).
-type problem struct {
-	Service servicecache.ServiceKey
-	Reason  string
-	Message string
-}
-
-func planProblems(probs []ipvs.Problem) []problem {
-	out := make([]problem, len(probs))
-	for i, pr := range probs {
-		out[i] = problem(pr)
-	}
-	return out
-}
-
-// problemLog logs problems with Services and records them as Warning
-// Events, each once: again only after it went away and came back.
-type problemLog struct {
-	logMessage string
-	// errorLevel logs at error level (a failure, not a workaround).
-	errorLevel bool
-	// reported holds, per Service, the problems already reported.
-	reported map[servicecache.ServiceKey][]problem
-}
-
-// report reports the new ones of probs, the problems of the Services in
-// keys (of every Service when keys is nil, a full plan), and returns the
-// Services whose problems differ from those reported before, sorted.
-func (l *problemLog) report(rec events.Recorder, snap *servicecache.Snapshot, keys []servicecache.ServiceKey, probs []problem) []servicecache.ServiceKey {
-	now := map[servicecache.ServiceKey][]problem{}
-	for _, pr := range probs {
-		now[pr.Service] = append(now[pr.Service], pr)
-	}
-	var changed []servicecache.ServiceKey
-	gone := func(k servicecache.ServiceKey) {
-		if _, ok := now[k]; !ok {
-			if _, was := l.reported[k]; was {
-				changed = append(changed, k)
-				delete(l.reported, k)
-			}
-		}
-	}
-	if keys == nil {
-		for k := range l.reported {
-			gone(k)
-		}
-	} else {
-		for _, k := range keys {
-			gone(k)
-		}
-	}
-	if l.reported == nil {
-		l.reported = map[servicecache.ServiceKey][]problem{}
-	}
-	// In key order: Events and log lines come out the same way each time.
-	for _, k := range slices.SortedFunc(maps.Keys(now), servicecache.ServiceKey.Compare) {
-		list := now[k]
-		old := l.reported[k]
-		if !slices.Equal(old, list) {
-			changed = append(changed, k)
-		}
-		for _, pr := range list {
-			if slices.Contains(old, pr) {
-				continue
-			}
-			if l.errorLevel {
-				klog.ErrorS(nil, l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
-			} else {
-				klog.InfoS(l.logMessage, "service", pr.Service, "reason", pr.Reason, "problem", pr.Message)
-			}
-			if rec != nil {
-				var uid types.UID
-				if svc := snap.Service(k); svc != nil {
-					uid = svc.UID
-				}
-				rec.ServiceWarning(k, uid, pr.Reason, pr.Message)
-			}
-		}
-		l.reported[k] = list
-	}
-	slices.SortFunc(changed, servicecache.ServiceKey.Compare)
-	return changed
 }
 
 func (p *Proxier) notLocal(node servicecache.Node) map[iptables.Family][]string {
