@@ -49,11 +49,13 @@ type ProxyHealth struct {
 	Status  map[v1.IPFamily]ProxierHealth `json:"status,omitempty"`
 }
 
-// StartupTimeoutFactor: the first sync after the loop starts may take
-// this many health timeouts (10 minutes at the default sync period)
-// before /livez fails. A cold sync of 10,000 Services on a busy node under
-// the DaemonSet's CPU request takes minutes, and a restart would only
-// start it over while the kernel state of before keeps Services working.
+// StartupTimeoutFactor: the first sync after the loop starts may go this
+// many health timeouts (10 minutes at the default sync period) without
+// progress (Progress: a phase done, a batch of kernel operations) before
+// /livez fails. A cold sync of 10,000 Services on a busy node under the
+// DaemonSet's CPU request takes minutes, and a restart would only start it
+// over while the kernel state of before keeps Services working; one that
+// makes no progress at all is hung.
 const StartupTimeoutFactor = 10
 
 // ProxyHealthServer tracks sync progress per IP family and serves it.
@@ -65,9 +67,9 @@ const StartupTimeoutFactor = 10
 // healthTimeout: the periodic resync runs every sync period, half the
 // timeout, so syncs that fail or hang are caught even when nothing is
 // queued (kube-proxy misses those). Until the first sync after the loop
-// started has succeeded, neither rule applies: the first sync may take up
-// to StartupTimeoutFactor health timeouts (a cold start), and changes
-// queued meanwhile wait for it anyway. As in kube-proxy, a family is only
+// started has succeeded, neither rule applies: the first sync may go up
+// to StartupTimeoutFactor health timeouts without progress (a cold start),
+// and changes queued meanwhile wait for it anyway. As in kube-proxy, a family is only
 // judged after its first Updated call, so the sync loop should call Updated
 // once when it starts (kube-proxy does so in SyncLoop).
 //
@@ -89,7 +91,9 @@ type ProxyHealthServer struct {
 	// since loopStart succeeded).
 	loopRunning bool
 	loopStart   time.Time
-	synced      map[v1.IPFamily]bool
+	// progress is the last time the first sync reported progress.
+	progress time.Time
+	synced   map[v1.IPFamily]bool
 	// apiTimeout > 0 turns on the API server rule of /healthz; apiContact
 	// is the last time the API server answered.
 	apiTimeout time.Duration
@@ -142,6 +146,14 @@ func (hs *ProxyHealthServer) SyncLoopRunning() {
 	for f := range hs.lastUpdated {
 		hs.lastUpdated[f] = now
 	}
+}
+
+// Progress records that a sync made progress (for the first sync's
+// startup rule).
+func (hs *ProxyHealthServer) Progress() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.progress = hs.clock.Now()
 }
 
 // SetAPIServerTimeout makes /healthz fail once the API server has not
@@ -199,8 +211,13 @@ func (hs *ProxyHealthServer) Health() ProxyHealth {
 		healthy := true
 		switch {
 		case hs.loopRunning && !hs.synced[family]:
-			// The first sync: bounded, but by the startup timeout.
-			if now.Sub(hs.loopStart) >= StartupTimeoutFactor*hs.healthTimeout {
+			// The first sync: bounded, but by the startup timeout
+			// since its last progress.
+			since := hs.loopStart
+			if hs.progress.After(since) {
+				since = hs.progress
+			}
+			if now.Sub(since) >= StartupTimeoutFactor*hs.healthTimeout {
 				healthy = false
 			}
 		default:

@@ -30,10 +30,11 @@ var start = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 // step is one action on the server: advance the clock, then queue and/or
 // mark families updated.
 type step struct {
-	advance time.Duration
-	queued  []v1.IPFamily
-	updated []v1.IPFamily
-	loop    bool // the sync loop starts (SyncLoopRunning)
+	advance  time.Duration
+	queued   []v1.IPFamily
+	updated  []v1.IPFamily
+	loop     bool // the sync loop starts (SyncLoopRunning)
+	progress bool // the sync reports progress
 }
 
 func TestHealth(t *testing.T) {
@@ -73,6 +74,19 @@ func TestHealth(t *testing.T) {
 				{advance: StartupTimeoutFactor*timeout - time.Second - time.Nanosecond}},
 			wantHealthy: true,
 			wantStatus:  map[v1.IPFamily]bool{v4: true},
+		},
+		{
+			name: "a first sync making progress is never judged by its length",
+			steps: []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: 9 * timeout, progress: true}, {advance: 9 * timeout, progress: true},
+				{advance: StartupTimeoutFactor*timeout - time.Nanosecond}},
+			wantHealthy: true,
+			wantStatus:  map[v1.IPFamily]bool{v4: true},
+		},
+		{
+			name:        "a first sync that stops making progress is unhealthy after the startup timeout",
+			steps:       []step{{updated: []v1.IPFamily{v4}}, {loop: true}, {advance: 9 * timeout, progress: true}, {advance: StartupTimeoutFactor * timeout}},
+			wantHealthy: false,
+			wantStatus:  map[v1.IPFamily]bool{v4: false},
 		},
 		{
 			name:        "a first sync that never ends is unhealthy after the startup timeout",
@@ -166,6 +180,9 @@ func TestHealth(t *testing.T) {
 						lastUpdated[f] = clk.Now()
 						latest = clk.Now()
 					}
+				}
+				if s.progress {
+					hs.Progress()
 				}
 				for _, f := range s.queued {
 					hs.QueuedUpdate(f)

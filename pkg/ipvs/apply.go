@@ -57,6 +57,7 @@ type Applier struct {
 	graceTimeout time.Duration
 	excluded     func(netip.Addr) bool
 	now          func() time.Time
+	progress     func()
 
 	mu     sync.Mutex
 	synced bool
@@ -108,6 +109,9 @@ type ApplierOptions struct {
 	Excluded func(netip.Addr) bool
 	// Now is the clock of graceful termination; nil is time.Now.
 	Now func() time.Time
+	// Progress, when set, is called after every progressOps kernel
+	// operations: a cold sync of thousands of virtual servers is alive.
+	Progress func()
 }
 
 // NewApplier returns an applier over the given kernel interfaces, with
@@ -118,7 +122,7 @@ func NewApplier(ipvs IPVS, links Links) *Applier {
 
 // NewApplierWithOptions returns an applier over the given kernel interfaces.
 func NewApplierWithOptions(ipvs IPVS, links Links, opts ApplierOptions) *Applier {
-	a := &Applier{ipvs: ipvs, links: links, graceTimeout: opts.GracefulTerminationTimeout, excluded: opts.Excluded, now: opts.Now}
+	a := &Applier{ipvs: ipvs, links: links, graceTimeout: opts.GracefulTerminationTimeout, excluded: opts.Excluded, now: opts.Now, progress: opts.Progress}
 	if a.now == nil {
 		a.now = time.Now
 	}

@@ -29,6 +29,9 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 		if v := klog.V(4); v.Enabled() {
 			v.InfoS("IPVS op", "op", op.String())
 		}
+		if a.progress != nil && i > 0 && i%progressOps == 0 {
+			a.progress()
+		}
 		if err := a.do(op); err != nil {
 			errs = append(errs, opError(op, err))
 			if op.VS != nil {
@@ -82,6 +85,10 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 	}
 	return ok, errors.Join(errs...)
 }
+
+// progressOps is how many ops execute runs between two calls of
+// ApplierOptions.Progress.
+const progressOps = 1000
 
 // TakeChanged returns how many kernel objects the applier changed since
 // the last call (for kubeipvsproxy_sync_objects_changed).

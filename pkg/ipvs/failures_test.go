@@ -117,3 +117,24 @@ func TestEveryOpRefusedIsTheNodes(t *testing.T) {
 		t.Errorf("Failures = %v, want none (not a Service's)", f)
 	}
 }
+
+// A long apply reports progress every progressOps ops (the health
+// server's startup rule keeps a cold sync of thousands of Services alive).
+func TestProgressDuringALongApply(t *testing.T) {
+	log := &FakeLog{}
+	calls := 0
+	a := NewApplierWithOptions(NewFakeIPVS(log), NewFakeLinks(log), ApplierOptions{Progress: func() { calls++ }})
+	var svcs []*servicecache.Service
+	for i := range 1500 {
+		svcs = append(svcs, svc("default", fmt.Sprintf("s%04d", i), ips(fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)),
+			port("http", v1.ProtocolTCP, 80, 0, ep("10.244.1.1", 80, "ready"))))
+	}
+	d := Plan(snapshot(svcs...), Config{})
+	if err := a.Reconcile(d); err != nil {
+		t.Fatal(err)
+	}
+	ops := len(log.Lines())
+	if want := (ops - 1) / progressOps; calls < want || calls == 0 {
+		t.Errorf("%d progress calls for %d ops, want %d", calls, ops, want)
+	}
+}

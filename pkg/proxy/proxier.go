@@ -77,6 +77,9 @@ type Options struct {
 	// kernel parameters the proxy needs, should something have changed
 	// them since the start.
 	Sysctls func() error
+	// Progress, when set, is called as a sync goes through its phases
+	// (the health server's startup rule: a long first sync is alive).
+	Progress func()
 	// RetryAt, when set, is asked for a sync at the time the earliest
 	// Service the kernel refused is due for a retry (runner.TriggerAt).
 	RetryAt func(time.Time)
@@ -209,6 +212,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		if !done {
 			p.probeSchedulers(snap, nil)
 			d := ipvs.Plan(snap, ic)
+			p.progress()
 			p.planProblems.report(p.opts.Events, snap, nil, planProblems(d.Problems))
 			err = p.ipvs.Reconcile(d)
 		}
@@ -235,6 +239,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		}
 	}
 	failed := p.reportKernelFailures(snap)
+	p.progress()
 	ipvsTook := time.Since(phase)
 	phase = time.Now()
 	if p.opts.ServiceHealth != nil {
@@ -259,6 +264,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		// a quiet periodic resync re-plans nothing.
 		p.iptPlanner.Reset()
 	}
+	p.progress()
 	d := p.iptPlanner.Plan(snap, iptables.Config{
 		Families:          p.cfg.Families,
 		ClusterCIDRs:      p.cfg.ClusterCIDRs,
@@ -276,6 +282,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	}
 	// A full sync reads the sets and chains back and repairs drift; an
 	// incremental one changes only what differs from the last apply.
+	p.progress()
 	apply := p.ipt.ApplyIncremental
 	if full {
 		apply = p.ipt.Apply
@@ -342,6 +349,12 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		"iptablesChanged", !changes.Empty(), "elapsed", time.Since(start),
 		"ipvs", ipvsTook, "conntrack", conntrackTook, "iptables", iptablesTook)
 	return nil
+}
+
+func (p *Proxier) progress() {
+	if p.opts.Progress != nil {
+		p.opts.Progress()
+	}
 }
 
 // probeSchedulers has the kernel probed for the schedulers the Services

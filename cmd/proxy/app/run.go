@@ -144,6 +144,7 @@ func Run(ctx context.Context, o *Options) error {
 	applier := ipvs.NewApplierWithOptions(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.ApplierOptions{
 		GracefulTerminationTimeout: o.GracefulTerminationTimeout,
 		Excluded:                   excluded,
+		Progress:                   health.Progress,
 	})
 	var r *runner.Runner // the proxier asks it for retries
 	p := proxy.New(proxy.Config{
@@ -162,7 +163,7 @@ func Run(ctx context.Context, o *Options) error {
 		NotLocal:               o.NotLocal,
 	}, cache, proxy.LocalAddresses, applier, &iptables.Applier{IPSet: ipset, Tables: tables, Generation: generation}, health,
 		proxy.Options{ServiceHealth: svcHealth, Conntrack: conntrack.New(), Events: recorder, Sysctls: ensureSysctls,
-			RetryAt: func(at time.Time) { r.TriggerAt(at) }})
+			Progress: health.Progress, RetryAt: func(at time.Time) { r.TriggerAt(at) }})
 	go drain(ctx, applier)
 
 	r = runner.New(p.Sync, runner.Options{MinInterval: o.EffectiveMinSyncPeriod(), SyncPeriod: o.IPVSSyncPeriod})
