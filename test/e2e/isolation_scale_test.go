@@ -73,22 +73,25 @@ func (k *isoKubeletProber) finish() (probes, failed, maxConsecutive int, peak ti
 	return k.probes, k.failed, k.maxConsecutive, k.peak, k.log
 }
 
-// 10000 Services, then a cold start of node1's proxy (its kernel state
+// 3000 Services (10000 by hand: E2E_COLD_SERVICES=10000; at a fifth of a
+// CPU in the lab VM that is some 25 minutes of creating Services and cold
+// syncing, past the suite's budget), then a cold start of node1's proxy
+// (its kernel state
 // removed by --cleanup) in a cgroup limited to a fifth of a CPU, while
 // /livez is probed exactly as the DaemonSet's livenessProbe says: the
 // kubelet would never have restarted it (fewer consecutive failures than
 // failureThreshold), and the first sync completes (every virtual server
 // in the kernel). E2E_COLD_SERVICES and E2E_COLD_CPU (in CPUs) change the
 // scale and the limit.
-func TestColdStartOf10000ServicesUnderProbes(t *testing.T) {
+func TestColdStartUnderProbes(t *testing.T) {
 	const (
 		node   = "node1"
 		eps    = 1
 		cgRoot = "/run/lab-cgroup" // as TestThrottledProxyConverges
 		cg     = cgRoot + "/kipx-coldstart"
-		ns     = "e2e-cold10k"
+		ns     = "e2e-coldstart"
 	)
-	services := 10000
+	services := 3000 // a first sync of minutes at this CPU: past the 60 s health timeout
 	if v, err := strconv.Atoi(os.Getenv("E2E_COLD_SERVICES")); err == nil && v > 0 {
 		services = v
 	}
