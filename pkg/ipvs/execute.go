@@ -36,12 +36,12 @@ func (a *Applier) execute(ops []Op, want map[VSKey]*VirtualServer) (ok []bool, e
 			errs = append(errs, opError(op, err))
 			if op.VS != nil {
 				failed[op.VS.Key] = true
-				a.failed(op.VS.Key, errs[len(errs)-1])
+				recordFailure(a, a.retryVS, op.VS.Key, errs[len(errs)-1])
 				if op.Kind == OpAddService {
 					notAdded[op.VS.Key] = true
 				}
 			} else {
-				a.failedAddr(op.Addr, errs[len(errs)-1])
+				recordFailure(a, a.retryAddrs, op.Addr, errs[len(errs)-1])
 			}
 			continue
 		}

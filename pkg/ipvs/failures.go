@@ -47,24 +47,14 @@ type ServiceFailure struct {
 	Message string
 }
 
-// failed records that an op on key failed with err: it is retried after a
-// backoff that doubles with each attempt.
-func (a *Applier) failed(key VSKey, err error) {
-	r := a.retryVS[key]
+// recordFailure records that an op on key (a virtual server in a.retryVS, an
+// address in a.retryAddrs) failed with err: it is retried after a backoff
+// that doubles with each attempt.
+func recordFailure[K comparable](a *Applier, m map[K]*retry, key K, err error) {
+	r := m[key]
 	if r == nil {
 		r = &retry{}
-		a.retryVS[key] = r
-	}
-	r.err = err
-	r.attempts++
-	r.next = a.now().Add(backoff(r.attempts))
-}
-
-func (a *Applier) failedAddr(addr netip.Addr, err error) {
-	r := a.retryAddrs[addr]
-	if r == nil {
-		r = &retry{}
-		a.retryAddrs[addr] = r
+		m[key] = r
 	}
 	r.err = err
 	r.attempts++
