@@ -131,9 +131,12 @@ func isoFirewallState(t *testing.T, node string) string {
 // what it was before.
 func TestXtablesLockHeldLongerThanASyncPeriod(t *testing.T) {
 	const (
-		node      = "node1"
-		lockName  = "e2e-xtables-lock"
-		followLag = 10 * time.Second // the usual propagation is about a second; the rest is the VM's load
+		node     = "node1"
+		lockName = "e2e-xtables-lock"
+		// A change that arrives while a sync waits on the lock (-w 5) waits
+		// for it, then for its own sync: 5 s, the minimum interval (1 s) and
+		// the usual propagation (about a second, more in a loaded VM).
+		followLag = 12 * time.Second
 	)
 	if lab.Proxy == "upstream" {
 		t.Skip("the legacy backend is chosen through PATH, which kube-proxy does not follow (it probes both backends)")
