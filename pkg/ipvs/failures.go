@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -132,22 +133,9 @@ func (a *Applier) Failures() []ServiceFailure {
 		if c := x.Service.Compare(y.Service); c != 0 {
 			return c
 		}
-		if x.Reason != y.Reason {
-			return compareStrings(x.Reason, y.Reason)
-		}
-		return compareStrings(x.Message, y.Message)
+		return cmp.Or(cmp.Compare(x.Reason, y.Reason), cmp.Compare(x.Message, y.Message))
 	})
 	return out
-}
-
-func compareStrings(x, y string) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
 }
 
 // bindersOf returns the Services whose wanted virtual servers need addr
