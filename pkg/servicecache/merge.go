@@ -154,14 +154,13 @@ func sliceEndpoints(slice *discovery.EndpointSlice, fams ipFamilies, notes []str
 		}
 		c := e.Conditions
 		ep := Endpoint{
-			Addr:        a,
-			Ready:       c.Ready == nil || *c.Ready,
+			Addr:  a,
+			Ready: c.Ready == nil || *c.Ready,
+			// A missing serving condition reads as true, as upstream's
+			// endpointslicecache does: a terminating endpoint whose slice
+			// omits it keeps the serving-terminating fallback.
+			Serving:     c.Serving == nil || *c.Serving,
 			Terminating: c.Terminating != nil && *c.Terminating,
-		}
-		// The API says a nil serving condition defers to ready.
-		ep.Serving = ep.Ready
-		if c.Serving != nil {
-			ep.Serving = *c.Serving
 		}
 		if e.NodeName != nil {
 			ep.NodeName = *e.NodeName

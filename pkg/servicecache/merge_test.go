@@ -39,15 +39,18 @@ func TestMergeEndpointSlices(t *testing.T) {
 				}),
 				epObj("10.1.0.4", conds(no, no, yes)),
 				epObj("10.1.0.5", conds(yes, no, nil)),
+				// serving omitted reads as true, as upstream reads it.
+				epObj("10.1.0.6", conds(no, nil, yes)),
 			)},
 			want: `
 				service ns/a ClusterIP ips=10.0.0.1
 				  port "http"/TCP 80
 				    10.1.0.1:8080 ready,serving node=n1 zone=z1 zoneHints=z1,z2 nodeHints=n1
-				    10.1.0.2:8080 not-serving
+				    10.1.0.2:8080 serving
 				    10.1.0.3:8080 serving,terminating node=n2 zone=z2
 				    10.1.0.4:8080 terminating
-				    10.1.0.5:8080 ready`,
+				    10.1.0.5:8080 ready
+				    10.1.0.6:8080 serving,terminating`,
 		},
 		{
 			name: "IPv6 endpoint in IPv4 service, invalid and empty addresses",
