@@ -6,7 +6,7 @@ PROXY ?= ours
 export PROXY
 LAB_CMDS := ./test/lab/cmd/lab ./test/lab/cmd/labagent ./test/lab/cmd/labkubelet ./test/lab/cmd/labecho
 
-.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint image bench fuzz
+.PHONY: build lab-deps lab-tools lab-bins lab lab-down unit e2e test lint image bench fuzz diff-upstream
 
 build:
 	@mkdir -p $(BIN)
@@ -48,6 +48,13 @@ e2e: lab-deps lab-tools lab-bins
 bench: lab-deps lab-tools lab-bins
 	@go build -o $(BIN)/ ./test/lab/cmd/labbench ./test/bench/cmd/bench
 	@$(BIN)/bench
+
+# Differential test against upstream kube-proxy (IPVS mode) in the lab:
+# ROUNDS generated cluster states (default 3, about two minutes each) from
+# SEED (default: the clock); every difference is printed with the SEED that
+# reproduces it, those docs/fidelity-allowlist.yaml explains as allowed.
+diff-upstream: lab-deps lab-tools lab-bins
+	go test -tags diff -count=1 -v -timeout 120m -run '^TestDiffUpstream$$' ./test/diff/
 
 # Everything: unit tests (with real ipsets/iptables in fresh network
 # namespaces), then the end-to-end suite in the lab.
