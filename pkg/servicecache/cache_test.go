@@ -239,7 +239,7 @@ func TestCacheInitialSnapshot(t *testing.T) {
 	)
 	s := h.snapshot()
 	checkText(t, s.String(), `
-		node n1 zone=z1 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24
+		node n1 zone=z1 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24
 		service ns/a ClusterIP ips=10.0.0.2
 		  port "http"/TCP 80
 		    10.1.0.1:8080 ready,serving
@@ -275,7 +275,7 @@ func TestCacheOutOfOrderSlices(t *testing.T) {
 	// The Service arrives and picks the slice up.
 	h.createService(svcObj("ns", "a"))
 	h.untilDump(`
-		node n1 zone=z1 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24
+		node n1 zone=z1 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24
 		service ns/a ClusterIP ips=10.0.0.1
 		  port "http"/TCP 80
 		    10.1.0.1:8080 ready,serving`)
@@ -286,7 +286,7 @@ func TestCacheOutOfOrderSlices(t *testing.T) {
 	// A second slice for the same service, with an overlapping endpoint.
 	h.createSlice(sliceObj("ns", "a-2", "a", http8080, epObj("10.1.0.1", conds(no, no, yes)), epObj("10.1.0.2")))
 	h.untilDump(`
-		node n1 zone=z1 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24
+		node n1 zone=z1 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24
 		service ns/a ClusterIP ips=10.0.0.1
 		  port "http"/TCP 80
 		    10.1.0.1:8080 ready,serving
@@ -319,7 +319,7 @@ func TestCacheSliceMovesBetweenServices(t *testing.T) {
 		svcObj("ns", "a"), svcObj("ns", "b", withClusterIPs("10.0.0.2")),
 		sliceObj("ns", "s", "a", http8080, epObj("10.1.0.1")))
 	h.untilDump(`
-		node n1 zone=z1 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24
+		node n1 zone=z1 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24
 		service ns/a ClusterIP ips=10.0.0.1
 		  port "http"/TCP 80
 		    10.1.0.1:8080 ready,serving
@@ -329,7 +329,7 @@ func TestCacheSliceMovesBetweenServices(t *testing.T) {
 
 	h.updateSlice(sliceObj("ns", "s", "b", http8080, epObj("10.1.0.1")))
 	h.untilDump(`
-		node n1 zone=z1 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24
+		node n1 zone=z1 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24
 		service ns/a ClusterIP ips=10.0.0.1
 		  port "http"/TCP 80
 		service ns/b ClusterIP ips=10.0.0.2
@@ -454,7 +454,7 @@ func TestCacheNodeAndNotifications(t *testing.T) {
 	}
 	h.until("node update", func(s *Snapshot) bool { return s.Node.Zone == "z9" })
 	s := h.snapshot()
-	checkText(t, s.Node.String(), "node n1 zone=z9 addrs=1.2.3.4,192.168.0.10 podCIDRs=10.244.1.0/24,fd00:244:1::/64")
+	checkText(t, s.Node.String(), "node n1 zone=z9 addrs=192.168.0.10,1.2.3.4 podCIDRs=10.244.1.0/24,fd00:244:1::/64")
 
 	if err := client.CoreV1().Nodes().Delete(ctx, "n1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

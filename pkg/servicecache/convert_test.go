@@ -269,7 +269,7 @@ func TestConvertNode(t *testing.T) {
 			{Type: v1.NodeInternalDNS, Address: "n1.local"},
 		}},
 	})
-	checkText(t, n.String(), "node n1 zone=z1 addrs=1.2.3.4,192.168.0.10,fd00::10 podCIDRs=10.244.1.0/24,fd00:244:1::/64")
+	checkText(t, n.String(), "node n1 zone=z1 addrs=192.168.0.10,fd00::10,1.2.3.4 podCIDRs=10.244.1.0/24,fd00:244:1::/64")
 	if !hasNote(notes, `invalid IP "oops"`) || !hasNote(notes, `invalid CIDR "junk"`) {
 		t.Errorf("notes %q", notes)
 	}

@@ -336,11 +336,13 @@ func TestUnspecifiedAddressesDropped(t *testing.T) {
 	}
 }
 
-// CheckNode checks a converted Node: valid, sorted, unique addresses and
-// valid, masked pod CIDRs.
+// CheckNode checks a converted Node: valid, unique addresses (in the
+// Node's order, which names its primary IPs) and valid, masked pod CIDRs.
 func CheckNode(n servicecache.Node) error {
-	if !sortedUnique(n.Addresses, netip.Addr.Compare) {
-		return fmt.Errorf("node addresses not sorted and unique: %v", n.Addresses)
+	sorted := slices.Clone(n.Addresses)
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	if len(slices.Compact(sorted)) != len(n.Addresses) {
+		return fmt.Errorf("node addresses not unique: %v", n.Addresses)
 	}
 	for _, a := range n.Addresses {
 		if err := validAddr(a); err != nil {

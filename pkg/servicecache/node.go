@@ -2,6 +2,7 @@ package servicecache
 
 import (
 	"fmt"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -14,18 +15,24 @@ func ConvertNode(node *v1.Node) (Node, []string) {
 	}
 	n := Node{Name: node.Name, Zone: node.Labels[v1.LabelTopologyZone]}
 	var notes []string
-	for _, na := range node.Status.Addresses {
-		if na.Type != v1.NodeInternalIP && na.Type != v1.NodeExternalIP {
-			continue
+	// InternalIPs, then ExternalIPs, each in status order, as upstream's
+	// GetNodeHostIPs: the first of each family is the node's primary IP
+	// (PrimaryIPs), so the order is the Node's, never sorted.
+	for _, typ := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+		for _, na := range node.Status.Addresses {
+			if na.Type != typ {
+				continue
+			}
+			a, err := parseAddr(na.Address)
+			if err != nil {
+				notes = append(notes, fmt.Sprintf("node %s address dropped: %v", na.Type, err))
+				continue
+			}
+			if !slices.Contains(n.Addresses, a) {
+				n.Addresses = append(n.Addresses, a)
+			}
 		}
-		a, err := parseAddr(na.Address)
-		if err != nil {
-			notes = append(notes, fmt.Sprintf("node %s address dropped: %v", na.Type, err))
-			continue
-		}
-		n.Addresses = append(n.Addresses, a)
 	}
-	n.Addresses = sortAddrs(n.Addresses)
 
 	cidrs := node.Spec.PodCIDRs
 	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {

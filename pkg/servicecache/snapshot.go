@@ -107,7 +107,9 @@ type Endpoint struct {
 // Node is what the proxy needs of its own Node object.
 type Node struct {
 	Name string
-	// Addresses: InternalIP and ExternalIP addresses, sorted.
+	// Addresses: the InternalIP addresses, then the ExternalIP ones, each
+	// in status order, without duplicates. The first of each family is
+	// the node's primary IP of that family (PrimaryIPs).
 	Addresses []netip.Addr
 	PodCIDRs  []netip.Prefix
 	Zone      string // topology.kubernetes.io/zone label

@@ -40,7 +40,7 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	npa, err := ParseNodePortAddresses(o.NodePortAddresses)
+	npa, err := servicecache.ParseNodePortAddresses(o.NodePortAddresses)
 	if err != nil {
 		return err
 	}
@@ -155,7 +155,7 @@ func Run(ctx context.Context, o *Options) error {
 		MasqueradeAll: o.MasqueradeAll,
 		NodePortCIDRs: npa.Prefixes,
 		NodePortAddresses: func(nodeAddrs []netip.Addr) []netip.Addr {
-			return ResolveNodePortAddresses(npa, nodeAddrs)
+			return npa.Resolve(nodeAddrs)
 		},
 		ExcludeCIDRs:           excludeCIDRs,
 		Guard:                  guardCfg,

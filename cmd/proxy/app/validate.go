@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
 )
 
 // Validate checks the options and returns every problem found, each
@@ -23,7 +25,7 @@ func (o *Options) Validate() error {
 	if _, err := o.ClusterCIDRPrefixes(); err != nil {
 		add(err)
 	}
-	if _, err := ParseNodePortAddresses(o.NodePortAddresses); err != nil {
+	if _, err := servicecache.ParseNodePortAddresses(o.NodePortAddresses); err != nil {
 		add(fmt.Errorf("--nodeport-addresses: %w", err))
 	}
 
