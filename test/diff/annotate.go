@@ -3,6 +3,8 @@ package diff
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
+	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -42,7 +44,11 @@ func NewAnnotator(node string, svcs []*v1.Service, eps []*discoveryv1.EndpointSl
 		for _, p := range sp.Ports {
 			flag := protoFlag[p.Protocol]
 			tag := func(kind string, v6 bool) string {
-				return fmt.Sprintf("svc=%s/%s kind=%s etp=%s itp=%s local=%d", svc.Name, p.Name, kind, etp, itp, local[v6])
+				t := fmt.Sprintf("svc=%s/%s kind=%s etp=%s itp=%s local=%d", svc.Name, p.Name, kind, etp, itp, local[v6])
+				if kind == "lb" {
+					t += " src=" + sourceRanges(sp.LoadBalancerSourceRanges, v6)
+				}
+				return t
 			}
 			for _, ip := range sp.ClusterIPs {
 				a.addExact(flag, ip, p.Port, tag("cluster", isV6(ip)))
@@ -125,4 +131,52 @@ func localUsable(node string, svc *v1.Service, eps []*discoveryv1.EndpointSlice,
 		}
 	}
 	return len(seen)
+}
+
+// sourceRanges says what loadBalancerSourceRanges hold for a family:
+// "unset" (no ranges at all), "open" (a /0 of the family: no filter),
+// "some" (ranges of the family) or "none" (ranges, none of this family).
+func sourceRanges(ranges []string, v6 bool) string {
+	if len(ranges) == 0 {
+		return "unset"
+	}
+	some := false
+	for _, r := range ranges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		if err != nil || p.Addr().Is6() != v6 {
+			continue
+		}
+		if p.Bits() == 0 {
+			return "open"
+		}
+		some = true
+	}
+	if some {
+		return "some"
+	}
+	return "none"
+}
+
+// ipsetMemberRe is the "IP,proto:port" head of an ipset member.
+var ipsetMemberRe = regexp.MustCompile(`^\[?([0-9a-fA-F.:]+)\]?,(tcp|udp|sctp):(\d+)`)
+
+// IPSetTag returns the tag of an ipset member that starts with a Service's
+// address, protocol and port, or "".
+func (a *Annotator) IPSetTag(member string) string {
+	m := ipsetMemberRe.FindStringSubmatch(member)
+	if a == nil || m == nil {
+		return ""
+	}
+	addr, err := netip.ParseAddr(m[1])
+	if err != nil {
+		return ""
+	}
+	flag := map[string]string{"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}[m[2]]
+	return a.Tag(flag, netip.AddrPortFrom(addr, parsePort(m[3])).String())
+}
+
+func parsePort(s string) uint16 {
+	var p uint16
+	fmt.Sscan(s, &p)
+	return p
 }

@@ -71,7 +71,7 @@ func Normalize(raw string, ann *Annotator) Dump {
 	return Dump{
 		"ipvs":            NormalizeIPVS(sec["ipvs"], ann),
 		"ipvs-timeouts":   sec["ipvs-timeouts"],
-		"ipset":           NormalizeIPSet(sec["ipset"]),
+		"ipset":           NormalizeIPSet(sec["ipset"], ann),
 		"iptables":        NormalizeIptables(sec["iptables"]),
 		"ip6tables":       NormalizeIptables(sec["ip6tables"]),
 		"xtables-backend": normalizeBackend(sec["xtables-backend"]),
@@ -147,8 +147,9 @@ func NormalizeIPVS(lines []string, ann *Annotator) []string {
 var initvalRe = regexp.MustCompile(` initval 0x[0-9a-f]+`)
 
 // NormalizeIPSet keeps the KUBE-* sets of `ipset save`: each set's create
-// line (without the random initval), then its members sorted; sets by name.
-func NormalizeIPSet(lines []string) []string {
+// line (without the random initval), then its members sorted, each tagged
+// with its Service (ann) after a "#"; sets by name.
+func NormalizeIPSet(lines []string, ann *Annotator) []string {
 	creates := map[string]string{}
 	members := map[string][]string{}
 	for _, l := range lines {
@@ -160,7 +161,13 @@ func NormalizeIPSet(lines []string) []string {
 		case "create":
 			creates[f[1]] = initvalRe.ReplaceAllString(strings.Join(f, " "), "")
 		case "add":
-			members[f[1]] = append(members[f[1]], strings.Join(f, " "))
+			l := strings.Join(f, " ")
+			if len(f) > 2 {
+				if tag := ann.IPSetTag(f[2]); tag != "" {
+					l += " # " + tag
+				}
+			}
+			members[f[1]] = append(members[f[1]], l)
 		}
 	}
 	names := make([]string, 0, len(creates))

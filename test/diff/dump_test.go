@@ -87,7 +87,7 @@ func TestAnnotator(t *testing.T) {
 		{"-t", "10.96.0.20:80", "svc=web/http kind=cluster etp=Local itp=Local local=1"},
 		{"-t", "[fd00:10:96::20]:80", "svc=web/http kind=cluster etp=Local itp=Local local=0"},
 		{"-t", "192.0.2.7:80", "svc=web/http kind=external etp=Local itp=Local local=1"},
-		{"-t", "198.51.100.9:80", "svc=web/http kind=lb etp=Local itp=Local local=1"},
+		{"-t", "198.51.100.9:80", "svc=web/http kind=lb etp=Local itp=Local local=1 src=unset"},
 		{"-t", "172.30.0.11:30080", "svc=web/http kind=nodeport etp=Local itp=Local local=1"},
 		{"-u", "10.96.0.20:80", ""},
 		{"-t", "10.96.0.1:443", ""},
@@ -96,6 +96,20 @@ func TestAnnotator(t *testing.T) {
 		if got := a.Tag(tt.flag, tt.addr); got != tt.want {
 			t.Errorf("Tag(%s %s) = %q, want %q", tt.flag, tt.addr, got, tt.want)
 		}
+	}
+	for member, want := range map[string]string{
+		"198.51.100.9,tcp:80":                  "svc=web/http kind=lb etp=Local itp=Local local=1 src=unset",
+		"fd00:10:96::20,tcp:80,fd00:10:96::20": "svc=web/http kind=cluster etp=Local itp=Local local=0",
+		"30080":                                "",
+		"10.96.0.20,udp:80":                    "",
+	} {
+		if got := a.IPSetTag(member); got != want {
+			t.Errorf("IPSetTag(%s) = %q, want %q", member, got, want)
+		}
+	}
+	if got := NormalizeIPSet([]string{"add KUBE-CLUSTER-IP 10.96.0.20,tcp:80", "add KUBE-X"}, a); !reflect.DeepEqual(got, []string{
+		"add KUBE-CLUSTER-IP 10.96.0.20,tcp:80 # svc=web/http kind=cluster etp=Local itp=Local local=1", "add KUBE-X"}) {
+		t.Errorf("NormalizeIPSet with tags: %q", got)
 	}
 	got := NormalizeIPVS([]string{"-a -t 10.96.0.20:80 -r 10.244.1.2:8000 -m -w 1"}, a)
 	if want := "-a -t 10.96.0.20:80 -r 10.244.1.2:8000 -m -w 1 # svc=web/http kind=cluster etp=Local itp=Local local=1"; got[0] != want {
@@ -119,7 +133,7 @@ create KUBE-LOOP-BACK hash:ip,port,ip family inet hashsize 1024 maxelem 65536 in
 		"add KUBE-CLUSTER-IP 10.96.0.10,udp:53",
 		"create KUBE-LOOP-BACK hash:ip,port,ip family inet hashsize 1024 maxelem 65536",
 	}
-	if got := NormalizeIPSet(lines(in)); !reflect.DeepEqual(got, want) {
+	if got := NormalizeIPSet(lines(in), nil); !reflect.DeepEqual(got, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
@@ -238,6 +252,24 @@ net.bridge.bridge-nf-call-iptables = absent
 	for _, s := range Sections {
 		if !strings.Contains(DumpScript(), "'### "+s+"'") {
 			t.Errorf("DumpScript prints no section %s", s)
+		}
+	}
+}
+
+func TestSourceRangesTag(t *testing.T) {
+	tests := []struct {
+		ranges []string
+		v4, v6 string
+	}{
+		{nil, "unset", "unset"},
+		{[]string{"10.0.0.0/8"}, "some", "none"},
+		{[]string{" 203.0.113.0/24 ", "fd00::/8"}, "some", "some"},
+		{[]string{"0.0.0.0/0", "10.0.0.0/8"}, "open", "none"},
+		{[]string{"::/0"}, "none", "open"},
+	}
+	for _, tt := range tests {
+		if v4, v6 := sourceRanges(tt.ranges, false), sourceRanges(tt.ranges, true); v4 != tt.v4 || v6 != tt.v6 {
+			t.Errorf("%q: %s/%s, want %s/%s", tt.ranges, v4, v6, tt.v4, tt.v6)
 		}
 	}
 }
