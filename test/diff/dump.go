@@ -46,6 +46,18 @@ func DumpScript() string {
 // Dump is a node's normalized kernel state: lines per section.
 type Dump map[string][]string
 
+// String prints the dump section by section, as the harness saves it.
+func (d Dump) String() string {
+	var b strings.Builder
+	for _, s := range Sections {
+		fmt.Fprintf(&b, "### %s\n", s)
+		for _, l := range d[s] {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
 // SplitSections cuts a raw dump at its "### section" headers.
 func SplitSections(raw string) map[string][]string {
 	out := map[string][]string{}

@@ -247,6 +247,13 @@ net.bridge.bridge-nf-call-iptables = absent
 			t.Errorf("section %s: got %q, want %q", s, d[s], want[s])
 		}
 	}
+	// A saved dump reads back as it was.
+	back := SplitSections(d.String())
+	for _, s := range Sections {
+		if len(back[s])+len(d[s]) > 0 && !reflect.DeepEqual(back[s], d[s]) {
+			t.Errorf("section %s after String: %q, want %q", s, back[s], d[s])
+		}
+	}
 	// The script prints every section header, so that an empty section is
 	// told apart from a missing one.
 	for _, s := range Sections {

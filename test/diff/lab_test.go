@@ -169,7 +169,8 @@ func (r *runner) round(ctx context.Context, t *testing.T, seed uint64) ([]Differ
 				ann := NewAnnotator(n, svcs, eps)
 				d, raw, log, err := r.runProxy(ctx, proxy, n, opts, ann)
 				base := filepath.Join(dir, n+"-"+proxy)
-				werr := errors.Join(os.WriteFile(base+".txt", []byte(raw), 0o644), os.WriteFile(base+".log", []byte(log), 0o644))
+				werr := errors.Join(os.WriteFile(base+".raw", []byte(raw), 0o644),
+					os.WriteFile(base+".txt", []byte(d.String()), 0o644), os.WriteFile(base+".log", []byte(log), 0o644))
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
