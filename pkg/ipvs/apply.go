@@ -173,6 +173,9 @@ func (a *Applier) Reconcile(d *Desired) error {
 	var others uint64 // the digest of the servers of others
 	for key, vs := range kernel.VirtualServers {
 		_, mine := owned[key.Addr]
+		if key.FWMark != 0 {
+			mine = ownedKey(key) // never by address: 0.0.0.0 is everyone's
+		}
 		if _, isLocal := local[key.Addr]; isLocal && DefaultNodePortRange.Contains(key.Port) {
 			mine = true // a NodePort virtual server (see Desired.LocalAddresses)
 		}

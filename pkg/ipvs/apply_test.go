@@ -399,7 +399,7 @@ func TestApplierIncrementalConflict(t *testing.T) {
 			t.Errorf("claimed server touched: %s", l)
 		}
 	}
-	if rs := r.kernel(t).VirtualServers[VSKey{ip("203.0.113.5"), 80, ProtoTCP}].RealServers; len(rs) != 1 || rs[0].Key.Addr != ip("10.244.2.1") {
+	if rs := r.kernel(t).VirtualServers[VSKey{Addr: ip("203.0.113.5"), Port: 80, Proto: ProtoTCP}].RealServers; len(rs) != 1 || rs[0].Key.Addr != ip("10.244.2.1") {
 		t.Errorf("external IP now balances to %v", rs)
 	}
 }
@@ -408,7 +408,7 @@ func TestApplierRepairsOutsideChanges(t *testing.T) {
 	r := newRig(Config{})
 	d := r.reconcile(t, webSnap(ep("10.244.1.1", 80, "ready")))
 	// Someone deletes our server and our address behind our back.
-	if err := r.ipvs.DeleteService(VSKey{ip("10.96.0.20"), 80, ProtoTCP}); err != nil {
+	if err := r.ipvs.DeleteService(VSKey{Addr: ip("10.96.0.20"), Port: 80, Proto: ProtoTCP}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.links.DeleteAddress(ip("10.96.0.20")); err != nil {
@@ -460,7 +460,7 @@ func TestApplyDesiredWithoutByService(t *testing.T) {
 	}
 	r.checkKernel(t, &d.State)
 	// Nil entries are ignored rather than crashing the sync loop.
-	d.VirtualServers[VSKey{ip("10.96.0.30"), 80, ProtoTCP}] = nil
+	d.VirtualServers[VSKey{Addr: ip("10.96.0.30"), Port: 80, Proto: ProtoTCP}] = nil
 	if err := r.a.Reconcile(d); err != nil {
 		t.Fatal(err)
 	}
@@ -501,7 +501,7 @@ func TestApplierRemovesNodePortServersOnOtherLocalAddresses(t *testing.T) {
 // ours): the applier confirms with a second read before unbinding, whether
 // it knew the server (a running proxy) or not (after a restart).
 func TestApplierConfirmsAServerMissingFromTheDump(t *testing.T) {
-	key := VSKey{ip("10.96.0.20"), 80, ProtoTCP}
+	key := VSKey{Addr: ip("10.96.0.20"), Port: 80, Proto: ProtoTCP}
 	for _, restart := range []bool{false, true} {
 		name := "known server"
 		if restart {

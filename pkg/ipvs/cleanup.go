@@ -95,6 +95,9 @@ func Cleanup(ipvs IPVS, links Links, opts CleanupOptions) error {
 		for _, vs := range vss {
 			addr := vs.Key.Addr
 			ours := onLink[addr] || (nodeAddrs[addr] && ports.Contains(vs.Key.Port))
+			if vs.Key.FWMark != 0 {
+				ours = ownedKey(vs.Key) // only marks in FWMarkMask
+			}
 			if !ours {
 				continue
 			}

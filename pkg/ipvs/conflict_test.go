@@ -177,7 +177,7 @@ func (r *rig) sync(t *testing.T, snap *servicecache.Snapshot, changed ...service
 // the other takes it over in the sync after the older one lets it go.
 func TestApplierConflictTakeover(t *testing.T) {
 	const shared = "1.2.3.4"
-	vs := VSKey{ip(shared), 80, ProtoTCP}
+	vs := VSKey{Addr: ip(shared), Port: 80, Proto: ProtoTCP}
 	a := claimant("a", 1000, "10.96.0.1", shared, 80, "10.244.1.1")
 	b := claimant("b", 2000, "10.96.0.2", shared, 80, "10.244.2.1")
 	aAway := claimant("a", 1000, "10.96.0.1", shared, 8080, "10.244.1.1")

@@ -211,7 +211,7 @@ func TestOpString(t *testing.T) {
 func TestDumpIPVSIsDumpWithoutAddresses(t *testing.T) {
 	st := state([]string{"fd00::10", "10.96.0.10"},
 		vs("10.96.0.10:80/TCP", "10.244.1.2:80"),
-		&VirtualServer{Key: VSKey{ip("10.96.0.10"), 81, ProtoUDP}, Scheduler: "rr", RealServers: []RealServer{
+		&VirtualServer{Key: VSKey{Addr: ip("10.96.0.10"), Port: 81, Proto: ProtoUDP}, Scheduler: "rr", RealServers: []RealServer{
 			{Key: RSKey{ip("10.244.1.3"), 81}, Weight: 2}, {Key: RSKey{ip("10.244.1.2"), 81}, Weight: 1},
 		}})
 	want := `-A -t 10.96.0.10:80 -s rr

@@ -36,7 +36,8 @@ func hashVS(key VSKey, scheduler string, flags Flags, timeout uint32) uint64 {
 	b[n+1] = byte(key.Proto)
 	binary.LittleEndian.PutUint32(b[n+2:], uint32(flags))
 	binary.LittleEndian.PutUint32(b[n+6:], timeout)
-	n += 10
+	binary.LittleEndian.PutUint32(b[n+10:], key.FWMark)
+	n += 14
 	var h maphash.Hash
 	h.SetSeed(digestSeed)
 	h.Write(b[:n])
@@ -50,7 +51,8 @@ func hashRS(key VSKey, rs RealServer) uint64 {
 	n := putKey(b[:], key.Addr, key.Port)
 	b[n] = 'r'
 	b[n+1] = byte(key.Proto)
-	n += 2
+	binary.LittleEndian.PutUint32(b[n+2:], key.FWMark)
+	n += 6
 	n += putKey(b[n:], rs.Key.Addr, rs.Key.Port)
 	binary.LittleEndian.PutUint64(b[n:], uint64(int64(rs.Weight)))
 	binary.LittleEndian.PutUint32(b[n+8:], uint32(rs.Forward))

@@ -70,8 +70,18 @@ func appendPrefix(b []byte, addr netip.Addr) []byte {
 	return strconv.AppendInt(b, int64(hostBits(addr)), 10)
 }
 
-// appendServiceKey writes "-t 10.96.0.10:80" (-u for UDP, --sctp-service).
+// appendServiceKey writes "-t 10.96.0.10:80" (-u for UDP, --sctp-service),
+// or "-f 65536" for a firewall mark ("-f 65536 -6" for IPv6), in decimal as
+// ipvsadm prints it.
 func appendServiceKey(b []byte, k VSKey) []byte {
+	if k.FWMark != 0 {
+		b = append(b, "-f "...)
+		b = strconv.AppendUint(b, uint64(k.FWMark), 10)
+		if k.Addr.Is6() {
+			b = append(b, " -6"...)
+		}
+		return b
+	}
 	switch k.Proto {
 	case ProtoTCP:
 		b = append(b, "-t "...)

@@ -162,6 +162,9 @@ func ValidateDesired(d *Desired, snap *servicecache.Snapshot, cfg Config) error 
 // validateVS checks one planned virtual server (see ValidateDesired).
 func validateVS(vs *VirtualServer, snap *servicecache.Snapshot, d *Desired, local map[netip.Addr]bool) error {
 	k := vs.Key
+	if vs.Kind == KindFWMark || k.FWMark != 0 {
+		return validateFWMark(vs, snap)
+	}
 	if err := usable(k.Addr); err != nil {
 		return err
 	}
@@ -457,4 +460,36 @@ func TestValidateDesiredCatches(t *testing.T) {
 			t.Errorf("%s: not caught", name)
 		}
 	}
+}
+
+// validateFWMark checks one planned firewall-mark virtual server: on the
+// mark of a port of an externalTrafficPolicy: Local Service, matching
+// external virtual servers of that port and family, balancing to endpoints
+// of that family.
+func validateFWMark(vs *VirtualServer, snap *servicecache.Snapshot) error {
+	k := vs.Key
+	if vs.Kind != KindFWMark || vs.Bind || !OwnedMark(k.FWMark) || k.Port != 0 || k.Proto != 0 || !k.Addr.IsUnspecified() {
+		return fmt.Errorf("firewall-mark virtual server kind %s bind %v", vs.Kind, vs.Bind)
+	}
+	svc := snap.Service(vs.Service)
+	if svc == nil || !svc.ExternalPolicyLocal {
+		return fmt.Errorf("Service %s is not an externalTrafficPolicy: Local one of the snapshot", vs.Service)
+	}
+	if !slices.ContainsFunc(svc.Ports, func(p servicecache.ServicePort) bool { return p.Name == vs.PortName }) {
+		return fmt.Errorf("port %q is not the Service's", vs.PortName)
+	}
+	if len(vs.Match) == 0 || len(vs.RealServers) == 0 {
+		return errors.New("matches nothing or balances to nothing")
+	}
+	for _, m := range vs.Match {
+		if m.FWMark != 0 || m.Addr.Is4() != k.Addr.Is4() {
+			return fmt.Errorf("matches %s", m)
+		}
+	}
+	for _, rs := range vs.RealServers {
+		if err := usable(rs.Key.Addr); err != nil || rs.Key.Addr.Is4() != k.Addr.Is4() {
+			return fmt.Errorf("real server %s: %v", rs.Key, err)
+		}
+	}
+	return nil
 }

@@ -69,6 +69,10 @@ func parseGenlService6(attrs []byte) (*VirtualServer, error) {
 		if err := in.Err(); err != nil {
 			return vs, err
 		}
+		if af == afInet6 && fwmark != 0 && OwnedMark(fwmark) {
+			vs = &VirtualServer{Key: FWMarkKey(false, fwmark), Scheduler: sched, Flags: Flags(flags) &^ FlagHashed, Timeout: tout}
+			continue
+		}
 		p, ok := protoFromNumber(proto)
 		if af != afInet6 || fwmark != 0 || !ok || len(addr) < 16 {
 			continue

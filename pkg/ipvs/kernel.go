@@ -12,8 +12,8 @@ import (
 // (netlink) and FakeIPVS.
 type IPVS interface {
 	// Services lists every virtual server with its destinations, sorted,
-	// with the kernel-only FlagHashed removed. Firewall-mark services, which
-	// the proxy never makes, are left out.
+	// with the kernel-only FlagHashed removed. Firewall-mark services are
+	// left out unless their mark is one of the proxy's (OwnedMark).
 	Services() ([]*VirtualServer, error)
 	// AddService creates vs without destinations (ipvsadm -A).
 	AddService(vs *VirtualServer) error

@@ -109,7 +109,8 @@ func (k *KernelIPVS) dropFastReads() {
 	}
 }
 
-// AddService is `ipvsadm -A -t VIP:PORT -s rr [-p TIMEOUT]`.
+// AddService is `ipvsadm -A -t VIP:PORT -s rr [-p TIMEOUT]` (`-A -f MARK`
+// for a firewall-mark one).
 func (k *KernelIPVS) AddService(vs *VirtualServer) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -120,8 +121,9 @@ func (k *KernelIPVS) AddService(vs *VirtualServer) error {
 }
 
 // probeMarks are the firewall marks a scheduler probe tries, in turn, for
-// its throwaway virtual server: values no Service uses (the proxy makes no
-// fwmark services) and unlikely to be another tool's.
+// its throwaway virtual server: values no Service uses (outside
+// FWMarkMask, the proxy's own firewall marks) and unlikely to be another
+// tool's.
 var probeMarks = []uint32{0x6b697076, 0x6b697077, 0x6b697078}
 
 // ProbeScheduler reports whether the kernel can load the scheduler name,
@@ -251,6 +253,14 @@ func (k *KernelIPVS) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
 // toLibKey fills what the kernel looks a service up by. Destination and
 // delete requests need nothing more.
 func toLibKey(k VSKey) *libipvs.Service {
+	if k.FWMark != 0 {
+		// ipvsadm -A -f MARK [-6]: the kernel keys it by family and mark.
+		s := &libipvs.Service{FWMark: k.FWMark, AddressFamily: unix.AF_INET, Netmask: 0xffffffff}
+		if k.Addr.Is6() {
+			s.AddressFamily, s.Netmask = unix.AF_INET6, 128
+		}
+		return s
+	}
 	s := &libipvs.Service{
 		Address:  net.IP(k.Addr.AsSlice()),
 		Port:     k.Port,
@@ -288,8 +298,20 @@ func toLibDestination(rs RealServer) *libipvs.Destination {
 }
 
 func fromLibService(s *libipvs.Service) (*VirtualServer, bool) {
-	if s == nil || s.FWMark != 0 {
+	if s == nil {
 		return nil, false
+	}
+	if s.FWMark != 0 {
+		// Only ours: the kernel reports them as TCP on no address.
+		if !OwnedMark(s.FWMark) || (s.AddressFamily != unix.AF_INET && s.AddressFamily != unix.AF_INET6) {
+			return nil, false
+		}
+		return &VirtualServer{
+			Key:       FWMarkKey(s.AddressFamily == unix.AF_INET, s.FWMark),
+			Scheduler: s.SchedName,
+			Flags:     Flags(s.Flags) &^ FlagHashed,
+			Timeout:   s.Timeout,
+		}, true
 	}
 	proto, ok := protoFromNumber(s.Protocol)
 	if !ok {

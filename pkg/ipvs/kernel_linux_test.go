@@ -18,9 +18,9 @@ import (
 
 func TestLibServiceRoundTrip(t *testing.T) {
 	for _, v := range []*VirtualServer{
-		{Key: VSKey{ip("10.96.0.10"), 80, ProtoTCP}, Scheduler: "rr"},
-		{Key: VSKey{ip("fd00::10"), 53, ProtoUDP}, Scheduler: "mh", Flags: FlagSched2},
-		{Key: VSKey{ip("10.96.0.11"), 3868, ProtoSCTP}, Scheduler: "rr", Flags: FlagPersistent, Timeout: 10800},
+		{Key: VSKey{Addr: ip("10.96.0.10"), Port: 80, Proto: ProtoTCP}, Scheduler: "rr"},
+		{Key: VSKey{Addr: ip("fd00::10"), Port: 53, Proto: ProtoUDP}, Scheduler: "mh", Flags: FlagSched2},
+		{Key: VSKey{Addr: ip("10.96.0.11"), Port: 3868, Proto: ProtoSCTP}, Scheduler: "rr", Flags: FlagPersistent, Timeout: 10800},
 	} {
 		s := toLibService(v)
 		if v.Key.Addr.Is4() && (s.AddressFamily != unix.AF_INET || s.Netmask != 0xffffffff || len(s.Address.To4()) != 4) {

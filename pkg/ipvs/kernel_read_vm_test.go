@@ -205,7 +205,7 @@ func TestKernelReadsSkipIPv6UntilOneIsAdded(t *testing.T) {
 	if got := read(); got != mixedWant {
 		t.Fatalf("after another tool's IPv6 service:\n%s", got)
 	}
-	ours := &VirtualServer{Key: VSKey{ip("fd00::10"), 80, ProtoTCP}, Scheduler: "rr"}
+	ours := &VirtualServer{Key: VSKey{Addr: ip("fd00::10"), Port: 80, Proto: ProtoTCP}, Scheduler: "rr"}
 	if err := k.AddService(ours); err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,10 @@ type Config struct {
 	// are kept with no real server, so the traffic is refused, as
 	// upstream's iptables and nftables modes do (see select.go).
 	LocalFallbackToCluster bool
+	// HeldMarks are the firewall marks Service ports have now
+	// (Applier.HeldMarks): they keep them, and other ports avoid them
+	// (fwmark.go). nil: marks are chosen from ServiceMark alone.
+	HeldMarks map[MarkOwner]uint32
 }
 
 // planner holds the normalized Config for one planning run.
@@ -47,6 +51,9 @@ type planner struct {
 	local             []netip.Addr
 	exclude           []netip.Prefix
 	fallbackToCluster bool
+	heldMarks         map[MarkOwner]uint32
+	// markUsers are the marks taken, by HeldMarks or in this run.
+	markUsers map[uint32]MarkOwner
 	// This node, for local endpoints and topology hints ("" when unknown:
 	// no endpoint is local and no hint matches).
 	node, zone string
@@ -61,6 +68,7 @@ func newPlanner(cfg Config, node *servicecache.Node) planner {
 		exclude:           normalizePrefixes(cfg.ExcludeCIDRs),
 		local:             normalizeAddrs(cfg.LocalAddresses),
 		fallbackToCluster: cfg.LocalFallbackToCluster,
+		heldMarks:         cfg.HeldMarks,
 	}
 	p.nodeAddrs = p.withoutExcluded(normalizeAddrs(cfg.NodePortAddresses))
 	if node != nil {
@@ -357,6 +365,9 @@ func (p *planner) count(svc *servicecache.Service) int {
 		if svc.Ports[i].NodePort != 0 {
 			n += len(p.nodeAddrs)
 		}
+		if svc.ExternalPolicyLocal {
+			n += 2 // a firewall-mark virtual server per family (fwmark.go)
+		}
 	}
 	return n
 }
@@ -430,6 +441,7 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 		for _, ip := range svc.ClusterIPs {
 			b.add(ip, sp.Port, KindClusterIP, true)
 		}
+		external := len(b.out)
 		for _, ip := range svc.ExternalIPs {
 			b.add(ip, sp.Port, KindExternalIP, !p.isLocal(ip))
 		}
@@ -441,6 +453,7 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 				b.add(ip, sp.NodePort, KindNodePort, false)
 			}
 		}
+		b.addFWMark(p, external)
 	}
 	return b.out
 }

@@ -24,7 +24,7 @@ func (d *digestingIPVS) Digest() (uint64, error) {
 }
 
 func TestResync(t *testing.T) {
-	web := VSKey{ip("10.96.0.20"), 80, ProtoTCP}
+	web := VSKey{Addr: ip("10.96.0.20"), Port: 80, Proto: ProtoTCP}
 	snap := snapshot(
 		svc("default", "web", ips("10.96.0.20"), port("http", v1.ProtocolTCP, 80, 30080, ep("10.244.1.2", 8080, "ready"), ep("10.244.1.3", 8080, "ready"))),
 		svc("default", "dns", ips("10.96.0.10"), port("dns", v1.ProtocolUDP, 53, 0, ep("10.244.1.4", 53, "ready"))),
@@ -66,7 +66,7 @@ func TestResync(t *testing.T) {
 			}},
 		{name: "foreign server added", clean: true, digest: true, full: true,
 			change: func(t *testing.T, r *rig, k *digestingIPVS) {
-				k.Put(&VirtualServer{Key: VSKey{ip("172.16.0.1"), 80, ProtoTCP}, Scheduler: "rr"})
+				k.Put(&VirtualServer{Key: VSKey{Addr: ip("172.16.0.1"), Port: 80, Proto: ProtoTCP}, Scheduler: "rr"})
 			}},
 		{name: "a Service applied since", clean: true, full: true,
 			change: func(t *testing.T, r *rig, k *digestingIPVS) {
@@ -102,7 +102,7 @@ func TestResync(t *testing.T) {
 			if ops := r.log.Lines(); (len(ops) > 0) != tc.ops {
 				t.Errorf("ops:\n%s", strings.Join(ops, "\n"))
 			}
-			r.checkKernel(t, &d.State, VSKey{ip("172.16.0.1"), 80, ProtoTCP})
+			r.checkKernel(t, &d.State, VSKey{Addr: ip("172.16.0.1"), Port: 80, Proto: ProtoTCP})
 
 			// Whatever it found, the next resyncs find nothing and only
 			// digest.
@@ -128,7 +128,7 @@ func TestResyncAfterChangesNextToForeignServers(t *testing.T) {
 	r := newRig(Config{})
 	k := &digestingIPVS{FakeIPVS: r.ipvs}
 	r.a = NewApplier(k, r.links)
-	foreign := VSKey{ip("172.16.0.1"), 80, ProtoTCP}
+	foreign := VSKey{Addr: ip("172.16.0.1"), Port: 80, Proto: ProtoTCP}
 	k.Put(&VirtualServer{Key: foreign, Scheduler: "wlc", RealServers: []RealServer{{Key: RSKey{ip("172.16.1.1"), 80}, Weight: 3}}})
 	r.reconcile(t, snapshot(
 		svc("default", "web", ips("10.96.0.20"), port("http", v1.ProtocolTCP, 80, 30080, ep("10.244.1.2", 8080, "ready"))),
@@ -156,7 +156,7 @@ func TestResyncWithoutDigester(t *testing.T) {
 	snap := webSnap(ep("10.244.1.2", 8080, "ready"))
 	d := r.reconcile(t, snap)
 	r.reconcile(t, snap)
-	must(t, r.ipvs.DeleteDestination(VSKey{ip("10.96.0.20"), 80, ProtoTCP}, RSKey{ip("10.244.1.2"), 8080}))
+	must(t, r.ipvs.DeleteDestination(VSKey{Addr: ip("10.96.0.20"), Port: 80, Proto: ProtoTCP}, RSKey{ip("10.244.1.2"), 8080}))
 	r.log.Reset()
 	if done, err := r.a.Resync(); err != nil || !done {
 		t.Fatalf("Resync: %v, %v", done, err)
@@ -182,7 +182,7 @@ func TestDigest(t *testing.T) {
 		return RealServer{Key: RSKey{ip(a), 80}, Weight: w, Forward: ForwardMasq}
 	}
 	vs := func(a string, sched string, rss ...RealServer) *VirtualServer {
-		return &VirtualServer{Key: VSKey{ip(a), 80, ProtoTCP}, Scheduler: sched, RealServers: rss}
+		return &VirtualServer{Key: VSKey{Addr: ip(a), Port: 80, Proto: ProtoTCP}, Scheduler: sched, RealServers: rss}
 	}
 	base := []*VirtualServer{vs("10.96.0.1", "rr", rs("10.244.0.1", 1), rs("10.244.0.2", 1)), vs("fd00::1", "rr", rs("fd00:10::1", 1))}
 	reordered := []*VirtualServer{vs("fd00::1", "rr", rs("fd00:10::1", 1)), vs("10.96.0.1", "rr", rs("10.244.0.2", 1), rs("10.244.0.1", 1))}

@@ -40,6 +40,12 @@ import (
 //     instead (pkg/proxy/ipvs/proxier.go syncEndpoint, kubernetes PR
 //     97081): the cluster endpoints, so that pods of this node can still
 //     reach the Service through its external addresses.
+//   - firewall mark (externalTrafficPolicy: Local, without
+//     LocalFallbackToCluster, only for a family whose external selection
+//     differs from the cluster one): cluster. It takes the traffic from
+//     this cluster's pods and from this node to the external addresses, as
+//     upstream's iptables and nftables modes send it to every endpoint
+//     (fwmark.go).
 
 // famStats is what one pass over a port's endpoints learns about one
 // family, to decide how to select them.
@@ -65,6 +71,9 @@ type epFilter struct {
 // internal (cluster IP) and external virtual servers of one port.
 type portSelection struct {
 	internal, external [2][]RealServer
+	// fwmark, when not nil, are the real servers of the family's
+	// firewall-mark virtual server (the cluster ones).
+	fwmark [2][]RealServer
 }
 
 // usableEndpoint reports whether ep can be a real server at all.
@@ -195,18 +204,32 @@ func (p *planner) selectPort(buf []RealServer, svc *servicecache.Service, sp *se
 		default:
 			sel.external[fam] = cluster
 		}
+		if external && p.inClusterBypass(svc) && !sameRealServers(sel.external[fam], cluster) {
+			sel.fwmark[fam] = cluster
+		}
 	}
 	return sel, buf
 }
 
+// inClusterBypass: the Service's external virtual servers balance to local
+// endpoints only, so traffic to them from inside the cluster needs a
+// firewall-mark virtual server of its own to reach every endpoint.
+func (p *planner) inClusterBypass(svc *servicecache.Service) bool {
+	return svc.ExternalPolicyLocal && !p.fallbackToCluster
+}
+
+// sameRealServers compares two sorted selections by key.
+func sameRealServers(a, b []RealServer) bool {
+	return slices.EqualFunc(a, b, func(x, y RealServer) bool { return x.Key == y.Key })
+}
+
 // categories says which endpoint categories the virtual servers of sp use
 // (upstream's UsesClusterEndpoints and UsesLocalEndpoints).
-// Unlike upstream, the cluster category is not computed for an
-// externalTrafficPolicy: Local port whose cluster IP has Local policy too,
-// unless LocalFallbackToCluster may need it.
 func (p *planner) categories(svc *servicecache.Service, sp *servicecache.ServicePort) (cluster, local bool) {
 	external := externallyAccessible(svc, sp)
-	cluster = !svc.InternalPolicyLocal || (external && (!svc.ExternalPolicyLocal || p.fallbackToCluster))
+	// An externalTrafficPolicy: Local port needs the cluster endpoints for
+	// its firewall-mark virtual server, or for LocalFallbackToCluster.
+	cluster = !svc.InternalPolicyLocal || external
 	local = svc.InternalPolicyLocal || (external && svc.ExternalPolicyLocal)
 	return cluster, local
 }

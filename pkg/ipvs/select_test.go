@@ -272,9 +272,18 @@ func TestCategorizeLikeUpstream(t *testing.T) {
 						wantExternal = tt.cluster
 					}
 				}
+				// Traffic from inside the cluster to the external
+				// addresses goes to every endpoint through a firewall-mark
+				// virtual server, when the policy restricts them.
+				fwmark := tt.pol.eTPLocal && !fallback && tt.pol.nodePort && len(tt.cluster) > 0 &&
+					!slices.Equal(slices.Sorted(slices.Values(tt.local)), slices.Sorted(slices.Values(tt.cluster)))
 				for _, vs := range vss {
 					want := wantInternal
-					if vs.Kind != KindClusterIP {
+					switch vs.Kind {
+					case KindClusterIP:
+					case KindFWMark:
+						want = tt.cluster
+					default:
 						want = wantExternal
 					}
 					var got []string
@@ -289,6 +298,9 @@ func TestCategorizeLikeUpstream(t *testing.T) {
 				wantVS := 1
 				if tt.pol.nodePort {
 					wantVS = 2
+				}
+				if fwmark {
+					wantVS++
 				}
 				if len(vss) != wantVS {
 					t.Errorf("%d virtual servers, want %d", len(vss), wantVS)
@@ -318,6 +330,7 @@ func TestSelectPerFamily(t *testing.T) {
 		}}},
 	}
 	vss := PlanService(s, node, Config{NodePortAddresses: ips("192.168.1.10", "fd00:1::10")})
+	mark := ServiceMark(s.Key, "p", ProtoTCP)
 	got := map[string]string{}
 	for _, vs := range vss {
 		var rs []string
@@ -331,6 +344,9 @@ func TestSelectPerFamily(t *testing.T) {
 		"[fd00:96::1]:80/TCP":    "[fd00::1]:80 [fd00::2]:80",
 		"192.168.1.10:30080/TCP": "10.0.0.1:80",
 		"[fd00:1::10]:30080/TCP": "[fd00::3]:80",
+		// From inside the cluster, every endpoint of the family.
+		FWMarkKey(true, mark).String():  "10.0.0.2:80",
+		FWMarkKey(false, mark).String(): "[fd00::1]:80 [fd00::2]:80",
 	}
 	for k, w := range want {
 		if got[k] != w {

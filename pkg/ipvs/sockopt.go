@@ -87,12 +87,17 @@ func servicesFull(b []byte) bool {
 
 // decodeService reads one struct ip_vs_service_entry (protocol not 0): the
 // virtual server without its real servers and how many it has; ok is false
-// for a firewall-mark service or an unknown protocol, which the proxy never
-// makes.
+// for an unknown protocol or a firewall-mark service that is not ours
+// (OwnedMark).
 func decodeService(e []byte) (vs VirtualServer, numDests int, ok bool) {
 	numDests = int(binary.NativeEndian.Uint32(e[44:]))
 	p, known := protoFromNumber(binary.NativeEndian.Uint16(e[0:]))
-	if !known || binary.NativeEndian.Uint32(e[12:]) != 0 {
+	key := VSKey{Addr: netip.AddrFrom4([4]byte(e[4:8])), Port: binary.BigEndian.Uint16(e[8:]), Proto: p}
+	if mark := binary.NativeEndian.Uint32(e[12:]); mark != 0 {
+		known = OwnedMark(mark)
+		key = FWMarkKey(true, mark)
+	}
+	if !known {
 		return VirtualServer{}, numDests, false
 	}
 	sched := e[16:32]
@@ -100,7 +105,7 @@ func decodeService(e []byte) (vs VirtualServer, numDests int, ok bool) {
 		sched = sched[:i]
 	}
 	return VirtualServer{
-		Key:       VSKey{Addr: netip.AddrFrom4([4]byte(e[4:8])), Port: binary.BigEndian.Uint16(e[8:]), Proto: p},
+		Key:       key,
 		Scheduler: schedulerName(sched),
 		Flags:     Flags(binary.NativeEndian.Uint32(e[32:])) &^ FlagHashed,
 		Timeout:   binary.NativeEndian.Uint32(e[36:]),
@@ -111,10 +116,18 @@ func decodeService(e []byte) (vs VirtualServer, numDests int, ok bool) {
 // header and each slot's address and port zero, the request for up to n
 // destinations of key's service (IPv4).
 func encodeGetDests(b []byte, key VSKey, n int) {
-	binary.NativeEndian.PutUint16(b[0:], protoNumber(key.Proto))
-	a := key.Addr.As4()
-	copy(b[4:8], a[:])
-	binary.BigEndian.PutUint16(b[8:], key.Port)
+	if key.FWMark != 0 {
+		// The kernel looks a firewall-mark service up by its mark alone.
+		binary.NativeEndian.PutUint16(b[0:], 0)
+		clear(b[4:10])
+		binary.NativeEndian.PutUint32(b[12:], key.FWMark)
+	} else {
+		binary.NativeEndian.PutUint16(b[0:], protoNumber(key.Proto))
+		a := key.Addr.As4()
+		copy(b[4:8], a[:])
+		binary.BigEndian.PutUint16(b[8:], key.Port)
+		binary.NativeEndian.PutUint32(b[12:], 0)
+	}
 	binary.NativeEndian.PutUint32(b[16:], uint32(n))
 }
 

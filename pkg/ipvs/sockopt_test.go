@@ -52,8 +52,8 @@ func TestDecodeServices(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 	want := []*VirtualServer{
-		{Key: VSKey{ip("10.96.0.1"), 443, ProtoTCP}, Scheduler: "rr"},
-		{Key: VSKey{ip("10.96.0.10"), 53, ProtoUDP}, Scheduler: "sh", Flags: FlagPersistent | FlagSched2, Timeout: 10800},
+		{Key: VSKey{Addr: ip("10.96.0.1"), Port: 443, Proto: ProtoTCP}, Scheduler: "rr"},
+		{Key: VSKey{Addr: ip("10.96.0.10"), Port: 53, Proto: ProtoUDP}, Scheduler: "sh", Flags: FlagPersistent | FlagSched2, Timeout: 10800},
 	}
 	for i, w := range want {
 		if !reflect.DeepEqual(got[i].vs, w) || got[i].numDests != i+1 {
@@ -67,7 +67,7 @@ func TestDecodeServices(t *testing.T) {
 }
 
 func TestDecodeDests(t *testing.T) {
-	key := VSKey{ip("10.96.0.10"), 53, ProtoUDP}
+	key := VSKey{Addr: ip("10.96.0.10"), Port: 53, Proto: ProtoUDP}
 	b := make([]byte, soDestsHeader+3*soDestLen)
 	encodeGetDests(b, key, 3)
 	if binary.NativeEndian.Uint16(b[0:]) != unix.IPPROTO_UDP || netip.AddrFrom4([4]byte(b[4:8])) != key.Addr ||
@@ -128,9 +128,9 @@ func TestParseGenlService6(t *testing.T) {
 		want *VirtualServer
 	}{
 		{"IPv6 TCP", genlService(afInet6, unix.IPPROTO_TCP, "fd00::10", 80, 0, "rr", uint32(FlagHashed), 0),
-			&VirtualServer{Key: VSKey{ip("fd00::10"), 80, ProtoTCP}, Scheduler: "rr"}},
+			&VirtualServer{Key: VSKey{Addr: ip("fd00::10"), Port: 80, Proto: ProtoTCP}, Scheduler: "rr"}},
 		{"IPv6 UDP with affinity", genlService(afInet6, unix.IPPROTO_UDP, "fd00::a", 53, 0, "sh", uint32(FlagHashed|FlagPersistent|FlagSched1), 600),
-			&VirtualServer{Key: VSKey{ip("fd00::a"), 53, ProtoUDP}, Scheduler: "sh", Flags: FlagPersistent | FlagSched1, Timeout: 600}},
+			&VirtualServer{Key: VSKey{Addr: ip("fd00::a"), Port: 53, Proto: ProtoUDP}, Scheduler: "sh", Flags: FlagPersistent | FlagSched1, Timeout: 600}},
 		{"IPv4: read over the socket options", genlService(unix.AF_INET, unix.IPPROTO_TCP, "10.96.0.1", 443, 0, "rr", 0, 0), nil},
 		{"firewall mark", genlService(afInet6, unix.IPPROTO_TCP, "::", 0, 9, "rr", 0, 0), nil},
 		{"unknown protocol", genlService(afInet6, 99, "fd00::1", 1, 0, "rr", 0, 0), nil},

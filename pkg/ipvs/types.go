@@ -98,6 +98,10 @@ const (
 	KindExternalIP
 	KindLoadBalancer
 	KindNodePort
+	// KindFWMark is the firewall-mark virtual server that sends traffic from
+	// this cluster's pods and this node to an externalTrafficPolicy: Local
+	// Service's external addresses to every endpoint (fwmark.go).
+	KindFWMark
 )
 
 func (k Kind) String() string {
@@ -110,23 +114,37 @@ func (k Kind) String() string {
 		return "LoadBalancer"
 	case KindNodePort:
 		return "NodePort"
+	case KindFWMark:
+		return "FWMark"
 	}
 	return "Unknown"
 }
 
-// VSKey identifies a virtual server, as the kernel does.
+// VSKey identifies a virtual server, as the kernel does: by address, port
+// and protocol, or, for a firewall-mark one, by FWMark and family (Addr is
+// then the family's unspecified address, Port and Proto zero; see
+// FWMarkKey).
 type VSKey struct {
-	Addr  netip.Addr
-	Port  uint16
-	Proto Proto
+	Addr   netip.Addr
+	Port   uint16
+	Proto  Proto
+	FWMark uint32
 }
 
-// String gives "10.96.0.10:80/TCP" or "[fd00::10]:80/TCP".
+// String gives "10.96.0.10:80/TCP", "[fd00::10]:80/TCP" or
+// "fwmark 0x10000/IPv4".
 func (k VSKey) String() string {
+	if k.FWMark != 0 {
+		fam := "/IPv4"
+		if k.Addr.Is6() {
+			fam = "/IPv6"
+		}
+		return "fwmark 0x" + strconv.FormatUint(uint64(k.FWMark), 16) + fam
+	}
 	return netip.AddrPortFrom(k.Addr, k.Port).String() + "/" + k.Proto.String()
 }
 
-// Compare orders keys by address, port, then protocol.
+// Compare orders keys by address, port, protocol, then mark.
 func (k VSKey) Compare(o VSKey) int {
 	if c := k.Addr.Compare(o.Addr); c != 0 {
 		return c
@@ -134,7 +152,10 @@ func (k VSKey) Compare(o VSKey) int {
 	if c := cmp.Compare(k.Port, o.Port); c != 0 {
 		return c
 	}
-	return cmp.Compare(k.Proto, o.Proto)
+	if c := cmp.Compare(k.Proto, o.Proto); c != 0 {
+		return c
+	}
+	return cmp.Compare(k.FWMark, o.FWMark)
 }
 
 // RSKey identifies a real server (destination) within a virtual server.
@@ -182,6 +203,9 @@ type VirtualServer struct {
 	Kind     Kind
 	Service  servicecache.ServiceKey
 	PortName string
+	// Match, for a KindFWMark server, are the external virtual servers
+	// whose traffic from inside the cluster gets its mark (MarkEntries).
+	Match []VSKey
 }
 
 // String gives the key and, when known, the Service port it serves.
