@@ -221,14 +221,14 @@ func (a *Applier) applyFamily(p *FamilyPlan, ch *Changes, full, rules bool, owne
 	if rules {
 		// iptables-save
 		metrics.NetlinkOperationsTotal.WithLabelValues(metrics.SubsystemIPTables, metrics.OpList).Inc()
-		all, err := tables.ListTables([]Table{TableNAT, TableFilter})
+		all, err := tables.ListTables(ourTables)
 		if err != nil {
 			errs = append(errs, err)
 		} else {
 			listed = all
 		}
 	} else {
-		for _, t := range []Table{TableNAT, TableFilter} {
+		for _, t := range ourTables {
 			listed[t] = known.chains[t]
 		}
 	}
@@ -369,6 +369,12 @@ func diffEntries(sp SetPlan, have []Entry) setDiff {
 			case c == 0:
 				i++
 				j++
+			case want[i].key() == have[j].key():
+				// Only the skbmark differs: the add (-exist) rewrites
+				// it in place, and a del would remove the entry.
+				d.add = append(d.add, want[i])
+				i++
+				j++
 			case c < 0:
 				d.add = append(d.add, want[i])
 				i++
@@ -403,7 +409,7 @@ func (a *Applier) Cleanup(families []Family) error {
 			errs = append(errs, fmt.Errorf("%v: applier has no Tables for this family", f))
 			continue
 		}
-		for _, t := range []Table{TableNAT, TableFilter} {
+		for _, t := range ourTables {
 			chains, err := tables.ListTable(t)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%v: %w", f, err))
@@ -421,7 +427,7 @@ func (a *Applier) Cleanup(families []Family) error {
 				}
 			}
 		}
-		for _, t := range []Table{TableNAT, TableFilter} {
+		for _, t := range ourTables {
 			var names []string
 			for _, c := range chainSkeleton {
 				if c.table == t {

@@ -40,7 +40,7 @@ func (p *FamilyPlan) dumpSets(w io.StringWriter) {
 }
 
 func (p *FamilyPlan) dumpTables(w io.StringWriter) {
-	for _, t := range []Table{TableNAT, TableFilter} {
+	for _, t := range ourTables {
 		_, _ = w.WriteString("*" + string(t) + "\n")
 		for _, c := range p.Chains {
 			if c.Table == t {
@@ -69,7 +69,7 @@ func (p *FamilyPlan) dumpTables(w io.StringWriter) {
 // every other chain alone; each table is committed atomically.
 func restoreInput(chains []Chain) string {
 	var sb strings.Builder
-	for _, t := range []Table{TableNAT, TableFilter} {
+	for _, t := range ourTables {
 		var in []Chain
 		for _, c := range chains {
 			if c.Table == t {

@@ -115,15 +115,32 @@ func (f *FakeIPSet) addDel(verb string, spec SetSpec, entries []Entry) error {
 				full.Refused = append(full.Refused, e)
 				continue
 			}
+			// Like the kernel: one entry per key, an add (-exist)
+			// rewrites the skbmark.
+			f.deleteKey(s, e)
 			s.Entries[e] = true
 		} else {
-			delete(s.Entries, e)
+			f.deleteKey(s, e)
 		}
 	}
 	if full != nil {
 		return full
 	}
 	return nil
+}
+
+// deleteKey removes the entry of e's key, whatever its extensions, as the
+// kernel looks entries up.
+func (f *FakeIPSet) deleteKey(s *FakeSet, e Entry) {
+	if s.Entries[e] || !s.Spec.SkbInfo {
+		delete(s.Entries, e)
+		return
+	}
+	for have := range s.Entries {
+		if have.key() == e.key() {
+			delete(s.Entries, have)
+		}
+	}
 }
 
 // Has reports whether the set exists; use it as FakeTables.SetExists.
@@ -204,7 +221,7 @@ func (t *FakeTables) ListTables(tables []Table) (map[Table]map[string][]Rule, er
 }
 
 var builtinTargets = map[string]bool{
-	"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "MARK": true, "MASQUERADE": true,
+	"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "MARK": true, "MASQUERADE": true, "SET": true,
 }
 
 func (t *FakeTables) ReplaceChains(chains []Chain) error {

@@ -101,5 +101,12 @@ func fullConfig() Config {
 		Families:       []Family{IPv4, IPv6},
 		ClusterCIDRs:   pfxs("10.244.0.0/16", "fd00:244::/56"),
 		LocalAddresses: ips("127.0.0.1", "192.168.10.5", "203.0.113.7", "::1", "fd00:10::5", "fe80::1"),
+		// As the IPVS plan gives them for the externalTrafficPolicy:
+		// Local load balancer: its address and a node port.
+		ExternalLocalMarks: []Entry{
+			{IP: ips("192.0.2.50")[0], Proto: ProtoTCP, Port: 80, SkbMark: 0x10000, SkbMarkMask: 0x3fff0000},
+			{IP: ips("192.168.10.5")[0], Proto: ProtoTCP, Port: 31080, SkbMark: 0x10000, SkbMarkMask: 0x3fff0000},
+			{IP: ips("2001:db8::50")[0], Proto: ProtoTCP, Port: 80, SkbMark: 0x10000, SkbMarkMask: 0x3fff0000},
+		},
 	}
 }

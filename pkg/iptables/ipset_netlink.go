@@ -103,8 +103,8 @@ func familyNumber(spec SetSpec) uint8 {
 	return unix.AF_INET
 }
 
-// EnsureSet: ipset create NAME TYPE family F hashsize 1024 maxelem N -exist
-// (bitmap:port: range FROM-TO). The library sends no hash size; the
+// EnsureSet: ipset create NAME TYPE family F hashsize 1024 maxelem N
+// [skbinfo] -exist (bitmap:port: range FROM-TO). The library sends no hash size; the
 // kernel's default is 1024, upstream's value.
 func (s *NetlinkIPSet) EnsureSet(spec SetSpec) error {
 	if err := checkOwnedSet(spec.Name); err != nil {
@@ -124,7 +124,7 @@ func (s *NetlinkIPSet) EnsureSet(spec SetSpec) error {
 	}
 	// Replace=true leaves NLM_F_EXCL unset: the kernel then accepts an
 	// existing set of the same type and options, like -exist.
-	opts := netlink.IpsetCreateOptions{Replace: true, Revision: rev}
+	opts := netlink.IpsetCreateOptions{Replace: true, Revision: rev, Skbinfo: spec.SkbInfo}
 	if spec.Type == BitmapPort {
 		opts.PortFrom, opts.PortTo = spec.PortFrom, spec.PortTo
 	} else {
@@ -161,7 +161,7 @@ func (s *NetlinkIPSet) AddEntries(spec SetSpec, entries []Entry) error {
 	return s.addDel(nl.IPSET_CMD_ADD, "add", spec, entries)
 }
 
-// DelEntries: ipset del NAME ENTRY -exist
+// DelEntries: ipset del NAME ENTRY -exist (by key: an skbmark is not sent)
 func (s *NetlinkIPSet) DelEntries(spec SetSpec, entries []Entry) error {
 	return s.addDel(nl.IPSET_CMD_DEL, "del", spec, entries)
 }
@@ -180,6 +180,8 @@ func (s *NetlinkIPSet) addDel(cmd int, verb string, spec SetSpec, entries []Entr
 		var err error
 		if spec.Type == BitmapPort {
 			err = s.own.bitmapPort(cmd, spec.Name, e.Port)
+		} else if cmd == nl.IPSET_CMD_ADD && e.SkbMarkMask != 0 {
+			err = s.own.addSkbMark(spec.Name, e)
 		} else {
 			ne := libEntry(e)
 			if cmd == nl.IPSET_CMD_ADD {

@@ -23,6 +23,8 @@ import (
 //   - ADD/DEL on bitmap:port: the library always sends a protocol attribute
 //     with a port, which the kernel's strict policy for bitmap:port rejects
 //     ("invalid protocol").
+//   - ADD with an skbmark (`ipset add NAME IP,PROTO:PORT skbmark M/MASK`):
+//     the library has no attribute for it.
 //   - LIST: the library logs every attribute it does not know (the
 //     bucketsize and initval of current hash sets) through the standard log
 //     package on each call, and returns net.IP values we would convert
@@ -94,6 +96,37 @@ func (s *ipsetSocket) bitmapPort(cmd int, set string, port uint16) error {
 	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_PORT|int(nl.NLA_F_NET_BYTEORDER), binary.BigEndian.AppendUint16(nil, port)))
 	req.AddData(data)
 	return ipsetErr(s.conn.Execute(req, 0, func([]byte) error { return nil }))
+}
+
+// addSkbMark adds one hash:ip,port entry with its skbmark, without the
+// NLM_F_EXCL flag, i.e. `ipset add NAME IP,PROTO:PORT skbmark M/MASK
+// -exist`: the kernel then rewrites the mark of an entry already there.
+func (s *ipsetSocket) addSkbMark(set string, e Entry) error {
+	req := s.request(nl.IPSET_CMD_ADD, unix.NLM_F_ACK)
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
+	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
+	appendSkbMarkData(data, e)
+	req.AddData(data)
+	return ipsetErr(s.conn.Execute(req, 0, func([]byte) error { return nil }))
+}
+
+// appendSkbMarkData fills IPSET_ATTR_DATA for addSkbMark: the address,
+// port and protocol, and IPSET_ATTR_SKBMARK, the mark in the high and the
+// mask in the low 32 bits of a big-endian u64.
+func appendSkbMarkData(data *nl.RtAttr, e Entry) {
+	ip := nl.NewRtAttr(nl.IPSET_ATTR_IP|int(nl.NLA_F_NESTED), nil)
+	if e.IP.Is4() {
+		a := e.IP.As4()
+		ip.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_IPADDR_IPV4|int(nl.NLA_F_NET_BYTEORDER), a[:]))
+	} else {
+		a := e.IP.As16()
+		ip.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_IPADDR_IPV6|int(nl.NLA_F_NET_BYTEORDER), a[:]))
+	}
+	data.AddChild(ip)
+	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_PORT|int(nl.NLA_F_NET_BYTEORDER), binary.BigEndian.AppendUint16(nil, e.Port)))
+	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_PROTO, []byte{uint8(e.Proto)}))
+	mark := uint64(e.SkbMark)<<32 | uint64(e.SkbMarkMask)
+	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_SKBMARK|int(nl.NLA_F_NET_BYTEORDER), binary.BigEndian.AppendUint64(nil, mark)))
 }
 
 // list dumps a set's members (`ipset list NAME`). The kernel may split a
@@ -185,6 +218,13 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 				break
 			}
 			e.Proto = Proto(v[0])
+		case nl.IPSET_ATTR_SKBMARK:
+			if len(v) < 8 {
+				err = errShortSkbMark
+				break
+			}
+			m := binary.BigEndian.Uint64(v)
+			e.SkbMark, e.SkbMarkMask = uint32(m>>32), uint32(m)
 		}
 		if err != nil {
 			return Entry{}, err
@@ -206,9 +246,10 @@ func parseEntry(typ SetType, b []byte) (Entry, error) {
 }
 
 var (
-	errShortCIDR2 = errors.New("short cidr2 attribute")
-	errShortPort  = errors.New("short port attribute")
-	errShortProto = errors.New("short proto attribute")
+	errShortCIDR2   = errors.New("short cidr2 attribute")
+	errShortPort    = errors.New("short port attribute")
+	errShortProto   = errors.New("short proto attribute")
+	errShortSkbMark = errors.New("short skbmark attribute")
 )
 
 // parseNestedAddr reads {IPSET_ATTR_IPADDR_IPV4|IPV6: bytes}.

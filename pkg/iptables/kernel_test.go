@@ -103,7 +103,7 @@ func iptablesSave(t *testing.T, backend Backend) string {
 	t.Helper()
 	var sb strings.Builder
 	for _, bin := range []string{"iptables", "ip6tables"} {
-		for _, table := range []string{"nat", "filter"} {
+		for _, table := range []string{"nat", "filter", "mangle"} {
 			sb.WriteString("## " + bin + " -t " + table + "\n")
 			text := run(t, bin+"-"+string(backend)+"-save", "-t", table)
 			for _, line := range strings.Split(text, "\n") {
@@ -318,8 +318,9 @@ func TestKernelLargeSet(t *testing.T) {
 		t.Fatalf("apply: %v", err)
 	}
 	// Per service: a cluster IP entry in KUBE-CLUSTER-IP, its address in
-	// KUBE-IPVS-IPS, a loopback entry and a NodePort, for both families.
-	if want := 3000 * 4 * 2; ch.EntriesAdded != want {
+	// KUBE-IPVS-IPS, a loopback entry and a NodePort, for both families;
+	// plus the configuration's marks.
+	if want := 3000*4*2 + len(fullConfig().ExternalLocalMarks); ch.EntriesAdded != want {
 		t.Errorf("added %d entries, want %d", ch.EntriesAdded, want)
 	}
 	got, err := a.IPSet.ListEntries(desired.Families[0].Set(setClusterIP).Spec)
@@ -449,6 +450,10 @@ func TestKernelMatchesUpstream(t *testing.T) {
 			if out, err := restore.CombinedOutput(); err != nil {
 				t.Fatalf("iptables-restore: %v: %s", err, out)
 			}
+			// Plus what is ours alone (externalTrafficPolicy: Local
+			// from inside the cluster), empty for this Service.
+			run(t, "ipset", "create", setExternalLocalMark, "hash:ip,port", "family", "inet", "hashsize", "1024", "maxelem", "65536", "skbinfo")
+			run(t, "iptables-"+string(backend), "-t", "mangle", "-N", chainExternalLocalMark)
 			for _, j := range Jumps {
 				run(t, "iptables-"+string(backend), append([]string{"-t", string(j.Table), "-I", j.From}, j.Rule()...)...)
 			}
@@ -468,5 +473,41 @@ func TestKernelMatchesUpstream(t *testing.T) {
 				t.Fatalf("upstream's state needed changes: %+v", ch)
 			}
 		})
+	}
+}
+
+// TestKernelSkbMark: the kernel keeps one skbmark per address and port,
+// which an apply rewrites in place when the mark changes (an add -exist,
+// no delete), and a removed address goes.
+func TestKernelSkbMark(t *testing.T) {
+	const backend = BackendNFT
+	requireKernel(t, backend)
+	enterNewNetns(t)
+	a := newRealApplier(t, backend)
+	cfg := fullConfig()
+	if _, err := a.Apply(Plan(fullSnapshot(), cfg)); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	cfg.ExternalLocalMarks = []Entry{
+		{IP: ips("192.0.2.50")[0], Proto: ProtoTCP, Port: 80, SkbMark: 0x20000, SkbMarkMask: 0x3fff0000},
+	}
+	desired := Plan(fullSnapshot(), cfg)
+	ch, err := a.Apply(desired)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if ch.EntriesAdded != 1 || ch.EntriesDeleted != 2 {
+		t.Errorf("added %d, deleted %d; want 1 (the new mark) and 2 (the other families' entries)", ch.EntriesAdded, ch.EntriesDeleted)
+	}
+	spec := desired.Families[0].Set(setExternalLocalMark).Spec
+	got, err := a.IPSet.ListEntries(spec)
+	if err != nil || len(got) != 1 || got[0] != cfg.ExternalLocalMarks[0] {
+		t.Fatalf("listed %v, %v; want %v", got, err, cfg.ExternalLocalMarks)
+	}
+	if save := run(t, "ipset", "save", spec.Name); !strings.Contains(save, "add KUBE-EXTERNAL-LOCAL-MARK 192.0.2.50,tcp:80 skbmark 0x20000/0x3fff0000") {
+		t.Errorf("ipset save:\n%s", save)
+	}
+	if ch, err := a.Apply(desired); err != nil || !ch.Empty() {
+		t.Fatalf("re-apply: changes %+v, err %v", ch, err)
 	}
 }

@@ -42,6 +42,13 @@ type Config struct {
 	// source range containing it lets the node reach the load balancer IP.
 	// When a family has none, the snapshot's node addresses are used.
 	NodeIPs []netip.Addr
+	// ExternalLocalMarks are the members of KUBE-EXTERNAL-LOCAL-MARK, both
+	// families mixed: each external address (IP, Proto, Port) of an
+	// externalTrafficPolicy: Local Service port with the firewall mark
+	// (SkbMark/SkbMarkMask) of the IPVS virtual server that takes its
+	// traffic from inside the cluster (ipvs.Applier.MarkEntries). A change
+	// re-plans nothing else.
+	ExternalLocalMarks []Entry
 }
 
 // Desired is everything the applier makes true: per family, the content of
@@ -138,6 +145,8 @@ type familyBuilder struct {
 	// node itself may not reach), sorted. Both read by chains.
 	counts    map[string]map[Entry]int
 	outFilter []Rule
+	// markEntries is how many entries KUBE-EXTERNAL-LOCAL-MARK has.
+	markEntries int
 }
 
 // servicePart is what one Service puts in a family's sets.

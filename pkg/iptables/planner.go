@@ -17,7 +17,8 @@ import (
 // change, not of the cluster. A new Config or node re-plans everything.
 // Not safe for concurrent use.
 type Planner struct {
-	cfg   Config
+	cfg   Config // without ExternalLocalMarks
+	marks []Entry
 	node  servicecache.Node
 	valid bool
 	// layout is one item per configured family, in order: a memo, or the
@@ -60,6 +61,8 @@ func (p *Planner) Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 	if snap == nil {
 		snap = &servicecache.Snapshot{}
 	}
+	p.marks = cfg.ExternalLocalMarks
+	cfg.ExternalLocalMarks = nil
 	all := !p.valid || !sameNode(p.node, snap.Node) || !reflect.DeepEqual(p.cfg, cfg)
 	if all {
 		p.reset(snap.Node, cfg)
@@ -87,7 +90,7 @@ func (p *Planner) Plan(snap *servicecache.Snapshot, cfg Config) *Desired {
 			d.Problems = append(d.Problems, it.problem)
 			continue
 		}
-		d.Families = append(d.Families, it.memo.plan())
+		d.Families = append(d.Families, it.memo.plan(p.marks))
 		d.Problems = append(d.Problems, it.memo.allProblems()...)
 		for _, probs := range it.memo.svcProblems {
 			d.ServiceProblems = append(d.ServiceProblems, probs...)
@@ -311,13 +314,20 @@ func (m *familyMemo) count(part *servicePart, delta int) {
 // plan builds the family's plan. A set whose content changed gets a new
 // sorted slice, merged from the last one and what came and went; the
 // others keep the last plan's slice.
-func (m *familyMemo) plan() *FamilyPlan {
+func (m *familyMemo) plan(marks []Entry) *FamilyPlan {
 	b := m.b
 	p := &FamilyPlan{Family: b.f, Jumps: slices.Clone(Jumps)}
 	changed := m.deniedDirty || m.all
 	for i, spec := range SetSpecs(b.f) {
 		base := setSkeleton[i].name
 		switch {
+		case base == setExternalLocalMark:
+			// Not from the Services: the IPVS plan's, given whole.
+			if want := familyMarks(b.f, marks); m.all || !slices.Equal(want, m.sorted[base]) {
+				m.sorted[base] = want
+				changed = changed || (len(want) > 0) != (b.markEntries > 0)
+				b.markEntries = len(want)
+			}
 		case m.all:
 			m.sorted[base] = slices.SortedFunc(maps.Keys(b.counts[base]), compareEntries)
 		case len(m.pending[base]) > 0:
@@ -387,4 +397,18 @@ func (m *familyMemo) allProblems() []string {
 		out = append(out, m.problems[k]...)
 	}
 	return out
+}
+
+// familyMarks are the valid members of KUBE-EXTERNAL-LOCAL-MARK of family
+// f among marks, sorted and unique.
+func familyMarks(f Family, marks []Entry) []Entry {
+	var out []Entry
+	for _, e := range marks {
+		if f.Has(e.IP) && e.SkbMark != 0 && e.SkbMark&^e.SkbMarkMask == 0 && e.Port != 0 {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, compareEntries)
+	// One mark per address: the kernel keys the entry by address alone.
+	return slices.CompactFunc(out, func(a, b Entry) bool { return a.key() == b.key() })
 }

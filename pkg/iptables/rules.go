@@ -136,6 +136,10 @@ func (b *familyBuilder) chains() []Chain {
 	// Upstream writes "-j MARK --or-mark M", printed as --set-xmark M/M.
 	add(TableNAT, chainMarkMasq, Rule{"-j", "MARK", "--set-xmark", markMask})
 
+	for _, r := range b.externalLocalMarkRules(markMask) {
+		add(TableMangle, chainExternalLocalMark, r)
+	}
+
 	out := make([]Chain, 0, len(chainSkeleton))
 	for _, c := range chainSkeleton {
 		out = append(out, Chain{Table: c.table, Name: c.name, Rules: rules[string(c.table)+"/"+c.name]})
@@ -149,4 +153,52 @@ func concat(parts ...[]string) Rule {
 		r = append(r, p...)
 	}
 	return r
+}
+
+// externalLocalMarkRules send traffic from inside the cluster to the
+// external addresses of externalTrafficPolicy: Local Services to every
+// endpoint, as upstream's iptables proxier does ("masquerade LOCAL
+// traffic", "route LOCAL traffic", "pod traffic for ... external
+// destinations"): the SET target copies the address's mark from
+// KUBE-EXTERNAL-LOCAL-MARK into the packet, and IPVS then picks that
+// mark's virtual server over the address's. The node's own connections
+// are also marked for masquerade, as upstream does: their source would
+// otherwise be the external address itself when it is bound on kube-ipvs0.
+// Traffic from outside keeps the Local policy and its source address.
+func (b *familyBuilder) externalLocalMarkRules(masqMark string) []Rule {
+	if b.markEntries == 0 {
+		return nil
+	}
+	set := setName(setExternalLocalMark, b.f)
+	match := []string{"-m", "set", "--match-set", set, "dst,dst"}
+	mapMark := []string{"-j", "SET", "--map-set", set, "dst,dst", "--map-mark"}
+	fromNode := []string{"-m", "addrtype", "--src-type", "LOCAL"}
+	rules := []Rule{
+		concat(fromNode, match, []string{"-j", "MARK", "--set-xmark", masqMark}),
+		concat(fromNode, match, mapMark),
+	}
+	if local := b.localMatch(); local != nil {
+		rules = append(rules, concat(local, match, mapMark))
+	}
+	return rules
+}
+
+// localMatch is the match for traffic from this cluster's pods (upstream's
+// local-traffic detector): Config.NotLocal without its negation, or the
+// family's cluster CIDR; nil when there is none (then only the node's own
+// traffic is sent to every endpoint, as upstream without a detector).
+func (b *familyBuilder) localMatch() []string {
+	if notLocal := b.cfg.NotLocal[b.f]; len(notLocal) > 0 {
+		out := make([]string, 0, len(notLocal))
+		for _, a := range notLocal {
+			if a != "!" {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	if b.clusterCIDR.IsValid() {
+		return []string{"-s", b.clusterCIDR.String()}
+	}
+	return nil
 }

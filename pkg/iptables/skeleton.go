@@ -26,6 +26,11 @@ const (
 	setNodePortLocalSCTP    = "KUBE-NODE-PORT-LOCAL-SCTP-HASH"
 	setHealthCheckNodePort  = "KUBE-HEALTH-CHECK-NODE-PORT"
 	setIPVSIPs              = "KUBE-IPVS-IPS"
+	// Ours, not upstream's: the external addresses of
+	// externalTrafficPolicy: Local Services, each with the firewall mark of
+	// the virtual server that takes their traffic from inside the cluster
+	// (pkg/ipvs/fwmark.go).
+	setExternalLocalMark = "KUBE-EXTERNAL-LOCAL-MARK"
 )
 
 // setSkeleton is upstream's ipsetInfo, in its order (which is also the order
@@ -52,6 +57,7 @@ var setSkeleton = []struct {
 	{setNodePortLocalSCTP, HashIPPort, "Kubernetes nodeport SCTP port with externalTrafficPolicy=local with type 'hash ip:port'"},
 	{setHealthCheckNodePort, BitmapPort, "Kubernetes health check node port"},
 	{setIPVSIPs, HashIP, "Addresses on the ipvs interface"},
+	{setExternalLocalMark, HashIPPort, "externalTrafficPolicy=local service external ip + port, with the mark of the virtual server for traffic from inside the cluster"},
 }
 
 // maxSetNameLen is the kernel's limit (IPSET_MAXNAMELEN minus the NUL).
@@ -75,7 +81,7 @@ func setName(base string, f Family) string {
 func SetSpecs(f Family) []SetSpec {
 	specs := make([]SetSpec, 0, len(setSkeleton))
 	for _, s := range setSkeleton {
-		spec := SetSpec{Name: setName(s.name, f), Type: s.typ, Family: f, Comment: s.comment}
+		spec := SetSpec{Name: setName(s.name, f), Type: s.typ, Family: f, Comment: s.comment, SkbInfo: s.name == setExternalLocalMark}
 		if s.typ == BitmapPort {
 			spec.PortFrom, spec.PortTo = 0, 65535
 		} else {
@@ -113,6 +119,10 @@ const (
 	chainSourceRangesFW = "KUBE-SOURCE-RANGES-FIREWALL"
 	chainIPVSFilter     = "KUBE-IPVS-FILTER"
 	chainIPVSOutFilter  = "KUBE-IPVS-OUT-FILTER"
+	// chainExternalLocalMark (mangle) marks traffic from this cluster's
+	// pods and from the node to externalTrafficPolicy: Local external
+	// addresses with the firewall mark of their Service port.
+	chainExternalLocalMark = "KUBE-EXTERNAL-LOCAL-MARK"
 )
 
 // chainSkeleton is upstream's iptablesChains: every chain we own, per
@@ -134,6 +144,7 @@ var chainSkeleton = []struct {
 	{TableFilter, chainSourceRangesFW},
 	{TableFilter, chainIPVSFilter},
 	{TableFilter, chainIPVSOutFilter},
+	{TableMangle, chainExternalLocalMark},
 }
 
 // OwnsChain reports whether chain in table is one of ours.
@@ -160,12 +171,17 @@ var Jumps = []Jump{
 	{TableFilter, "FORWARD", chainProxyFirewall, "kube-proxy firewall rules"},
 	{TableFilter, "INPUT", chainIPVSFilter, "kubernetes ipvs access filter"},
 	{TableFilter, "OUTPUT", chainIPVSOutFilter, "kubernetes ipvs access filter"},
+	// Before IPVS sees the packet: it looks the mark up at INPUT (pods)
+	// and OUTPUT (the node).
+	{TableMangle, "PREROUTING", chainExternalLocalMark, "kubernetes externalTrafficPolicy=local in-cluster marks"},
+	{TableMangle, "OUTPUT", chainExternalLocalMark, "kubernetes externalTrafficPolicy=local in-cluster marks"},
 }
 
 // builtinChains are the chains jumps may be inserted into.
 var builtinChains = map[Table]map[string]bool{
 	TableNAT:    {"PREROUTING": true, "INPUT": true, "OUTPUT": true, "POSTROUTING": true},
 	TableFilter: {"INPUT": true, "FORWARD": true, "OUTPUT": true},
+	TableMangle: {"PREROUTING": true, "OUTPUT": true},
 }
 
 // setMatchRules is upstream's ipsetWithIptablesChain: a rule per non-empty

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -103,12 +104,24 @@ const (
 //	hash:ip,port,ip   IP, Proto, Port, IP2
 //	hash:ip,port,net  IP, Proto, Port, Net
 //	bitmap:port       Port
+//
+// SkbMark and SkbMarkMask are the skbmark extension of a set created with
+// skbinfo (SetSpec.SkbInfo): not part of the kernel's key, but of what
+// `ipset save` shows and of what the SET target's --map-mark applies.
 type Entry struct {
 	IP    netip.Addr
 	Proto Proto
 	Port  uint16
 	IP2   netip.Addr
 	Net   netip.Prefix
+
+	SkbMark, SkbMarkMask uint32
+}
+
+// key is the entry without its extensions: what the kernel looks it up by.
+func (e Entry) key() Entry {
+	e.SkbMark, e.SkbMarkMask = 0, 0
+	return e
 }
 
 // String renders the entry as `ipset save` prints it, e.g.
@@ -126,6 +139,12 @@ func (e Entry) String() string {
 		s += "," + e.IP2.String()
 	case e.Net.IsValid():
 		s += "," + e.Net.String()
+	}
+	if e.SkbMark != 0 || e.SkbMarkMask != 0 {
+		s += " skbmark 0x" + strconv.FormatUint(uint64(e.SkbMark), 16)
+		if e.SkbMarkMask != 0xffffffff {
+			s += "/0x" + strconv.FormatUint(uint64(e.SkbMarkMask), 16)
+		}
 	}
 	return s
 }
@@ -147,7 +166,13 @@ func compareEntries(a, b Entry) int {
 	if c := a.Net.Addr().Compare(b.Net.Addr()); c != 0 {
 		return c
 	}
-	return a.Net.Bits() - b.Net.Bits()
+	if c := a.Net.Bits() - b.Net.Bits(); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.SkbMark, b.SkbMark); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.SkbMarkMask, b.SkbMarkMask)
 }
 
 // SetSpec describes one ipset: what `ipset create` needs, plus the comment
@@ -162,6 +187,9 @@ type SetSpec struct {
 	MaxElem uint32
 	// PortFrom/PortTo for bitmap:port (upstream: 0-65535).
 	PortFrom, PortTo uint16
+	// SkbInfo: the set is created with the skbinfo extension, and its
+	// hash:ip,port entries carry an skbmark (ipset create ... skbinfo).
+	SkbInfo bool
 }
 
 // CreateArgs renders the `ipset create` command line equivalent.
@@ -169,7 +197,11 @@ func (s SetSpec) CreateArgs() string {
 	if s.Type == BitmapPort {
 		return fmt.Sprintf("create %s %s range %d-%d", s.Name, s.Type, s.PortFrom, s.PortTo)
 	}
-	return fmt.Sprintf("create %s %s family %s hashsize 1024 maxelem %d", s.Name, s.Type, s.Family.ipsetFamily(), s.MaxElem)
+	args := fmt.Sprintf("create %s %s family %s hashsize 1024 maxelem %d", s.Name, s.Type, s.Family.ipsetFamily(), s.MaxElem)
+	if s.SkbInfo {
+		args += " skbinfo"
+	}
+	return args
 }
 
 // Validate checks that e fits the set: right fields for the type, right
@@ -190,6 +222,9 @@ func (s SetSpec) Validate(e Entry) error {
 			return bad("protocol must be tcp, udp or sctp")
 		}
 		return nil
+	}
+	if (e.SkbMark != 0 || e.SkbMarkMask != 0) && (!s.SkbInfo || s.Type != HashIPPort || e.SkbMarkMask == 0) {
+		return bad("an skbmark needs a hash:ip,port set with skbinfo, and a mask")
 	}
 	switch s.Type {
 	case HashIP:
@@ -239,7 +274,11 @@ type Table string
 const (
 	TableNAT    Table = "nat"
 	TableFilter Table = "filter"
+	TableMangle Table = "mangle"
 )
+
+// ourTables are the tables holding chains of ours, in dump order.
+var ourTables = []Table{TableNAT, TableFilter, TableMangle}
 
 // Rule is one iptables rule: the arguments that follow "-A CHAIN", in the
 // canonical form and order iptables-save prints them (so that what we read
