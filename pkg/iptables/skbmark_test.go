@@ -65,7 +65,7 @@ func TestExternalLocalMarkRules(t *testing.T) {
 	marks := []Entry{
 		{IP: netip.MustParseAddr("192.0.2.50"), Proto: ProtoTCP, Port: 80, SkbMark: 0x10000, SkbMarkMask: 0x3fff0000},
 		{IP: netip.MustParseAddr("192.0.2.50"), Proto: ProtoTCP, Port: 80, SkbMark: 0x20000, SkbMarkMask: 0x3fff0000}, // one per address
-		{IP: netip.MustParseAddr("192.0.2.51"), Proto: ProtoTCP, Port: 80},                                          // no mark: dropped
+		{IP: netip.MustParseAddr("192.0.2.51"), Proto: ProtoTCP, Port: 80},                                            // no mark: dropped
 	}
 	tests := []struct {
 		name     string
