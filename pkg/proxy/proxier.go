@@ -167,6 +167,8 @@ func (p *Proxier) IPVSConfig(snap *servicecache.Snapshot, local []netip.Addr) ip
 		LocalAddresses:         local,
 		ExcludeCIDRs:           p.cfg.ExcludeCIDRs,
 		LocalFallbackToCluster: p.cfg.LocalFallbackToCluster,
+		// Service ports keep their firewall marks from sync to sync.
+		HeldMarks: p.ipvs.HeldMarks(),
 	}
 }
 
@@ -273,6 +275,9 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		NodePortAddresses: p.cfg.NodePortCIDRs,
 		LocalAddresses:    local,
 		NodeIPs:           primaryIPs(snap.Node.Addresses),
+		// The marks of the firewall-mark virtual servers IPVS now has,
+		// whether this sync's IPVS part succeeded or not.
+		ExternalLocalMarks: markEntries(p.ipvs.MarkEntries()),
 	})
 	if !slices.Equal(d.Problems, p.problems) {
 		for _, pr := range d.Problems {
@@ -475,4 +480,33 @@ func sameIPVSConfig(a, b ipvs.Config) bool {
 	return a.Scheduler == b.Scheduler && slices.Equal(a.NodePortAddresses, b.NodePortAddresses) &&
 		slices.Equal(a.LocalAddresses, b.LocalAddresses) && slices.Equal(a.ExcludeCIDRs, b.ExcludeCIDRs) &&
 		a.LocalFallbackToCluster == b.LocalFallbackToCluster
+}
+
+// markEntries turns the IPVS applier's mark entries into members of
+// KUBE-EXTERNAL-LOCAL-MARK.
+func markEntries(marks []ipvs.MarkEntry) []iptables.Entry {
+	if len(marks) == 0 {
+		return nil
+	}
+	out := make([]iptables.Entry, 0, len(marks))
+	for _, m := range marks {
+		proto, ok := iptablesProto(m.Key.Proto)
+		if !ok {
+			continue
+		}
+		out = append(out, iptables.Entry{IP: m.Key.Addr, Proto: proto, Port: m.Key.Port, SkbMark: m.Mark, SkbMarkMask: ipvs.FWMarkMask})
+	}
+	return out
+}
+
+func iptablesProto(p ipvs.Proto) (iptables.Proto, bool) {
+	switch p {
+	case ipvs.ProtoTCP:
+		return iptables.ProtoTCP, true
+	case ipvs.ProtoUDP:
+		return iptables.ProtoUDP, true
+	case ipvs.ProtoSCTP:
+		return iptables.ProtoSCTP, true
+	}
+	return 0, false
 }
