@@ -219,3 +219,73 @@ func TestMarkFor(t *testing.T) {
 		t.Errorf("nextMark wraps to %#x", got)
 	}
 }
+
+// TestFWMarkOwnership: a firewall-mark virtual server is ours only on a
+// mark inside FWMarkMask; Reconcile removes our stale ones and --cleanup
+// ours, and both leave the others' alone.
+func TestFWMarkOwnership(t *testing.T) {
+	rs := RealServer{Key: RSKey{Addr: ip("10.244.1.2"), Port: 80}, Weight: 1}
+	ours := []VSKey{FWMarkKey(true, 0x10000), FWMarkKey(false, 0x3ffe0000)}
+	foreign := []VSKey{FWMarkKey(true, 0x4000), FWMarkKey(true, probeMarks[0]), FWMarkKey(true, 0x40010000), FWMarkKey(false, 1)}
+	setup := func() *FakeIPVS {
+		f := NewFakeIPVS(nil)
+		for _, k := range slices.Concat(ours, foreign) {
+			f.Put(&VirtualServer{Key: k, Scheduler: "rr", RealServers: []RealServer{rs}})
+		}
+		return f
+	}
+	left := func(t *testing.T, f *FakeIPVS) {
+		t.Helper()
+		vss, err := f.Services()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []VSKey
+		for _, vs := range vss {
+			got = append(got, vs.Key)
+		}
+		want := slices.SortedFunc(slices.Values(foreign), VSKey.Compare)
+		slices.SortFunc(got, VSKey.Compare)
+		if !slices.Equal(got, want) {
+			t.Errorf("left %v, want the others' %v", got, want)
+		}
+	}
+	t.Run("reconcile", func(t *testing.T) {
+		f := setup()
+		if err := NewApplier(f, NewFakeLinks(nil)).Reconcile(&Desired{}); err != nil {
+			t.Fatal(err)
+		}
+		left(t, f)
+	})
+	t.Run("cleanup", func(t *testing.T) {
+		f := setup()
+		if err := Cleanup(f, NewFakeLinks(nil), CleanupOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		left(t, f)
+	})
+}
+
+// TestHeldMarksKept: an incremental plan of a Service keeps the marks the
+// applier holds for it, even when another port now hashes to them.
+func TestHeldMarksKept(t *testing.T) {
+	s := svcWith(svc("default", "lb", ips("10.96.0.1"), port("http", v1.ProtocolTCP, 80, 30080, epAt(ep("10.244.2.2", 80, "ready"), "node-b"))), setETPLocal)
+	snap := snapOnNode(&servicecache.Snapshot{Services: []*servicecache.Service{s}}, "node-a", "")
+	cfg := Config{NodePortAddresses: ips("192.168.1.10")}
+	a := NewApplier(NewFakeIPVS(nil), NewFakeLinks(nil))
+	// As if an earlier plan had moved it off its hash.
+	cfg.HeldMarks = map[MarkOwner]uint32{{Service: s.Key, Port: "http", Proto: ProtoTCP}: 0x20000}
+	if err := a.Reconcile(Plan(snap, cfg)); err != nil {
+		t.Fatal(err)
+	}
+	cfg.HeldMarks = a.HeldMarks()
+	snap.Changed = []servicecache.ServiceKey{s.Key}
+	d := PlanChanges(snap, snap.Changed, a.Held(snap.Changed), cfg)
+	if err := a.ApplyServices(snap.Changed, d); err != nil {
+		t.Fatal(err)
+	}
+	entries := a.MarkEntries()
+	if len(entries) != 1 || entries[0].Mark != 0x20000 {
+		t.Errorf("mark entries %v, want the node port's on 0x20000", entries)
+	}
+}
