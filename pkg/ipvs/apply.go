@@ -67,6 +67,9 @@ type Applier struct {
 	// desired is the last wanted state, kept to apply per-Service changes.
 	desired   map[VSKey]*VirtualServer
 	byService map[servicecache.ServiceKey][]*VirtualServer
+	// fwmarks are the firewall-mark virtual servers of desired, for
+	// MarkEntries and HeldMarks without a walk of every server.
+	fwmarks map[VSKey]*VirtualServer
 	// addrRefs counts the wanted virtual servers that need each address
 	// bound, since Services can share an address (external IPs).
 	addrRefs map[netip.Addr]int
@@ -199,9 +202,13 @@ func (a *Applier) Reconcile(d *Desired) error {
 		a.addrs[addr] = struct{}{}
 	}
 	a.desired = make(map[VSKey]*VirtualServer, len(d.VirtualServers))
+	a.fwmarks = map[VSKey]*VirtualServer{}
 	for key, vs := range d.VirtualServers {
 		if vs != nil {
 			a.desired[key] = vs
+			if key.FWMark != 0 {
+				a.fwmarks[key] = vs
+			}
 		}
 	}
 	a.byService = d.ByService
@@ -316,6 +323,7 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 				subObs.VirtualServers[vs.Key] = have
 			}
 			delete(a.desired, vs.Key)
+			delete(a.fwmarks, vs.Key)
 			if vs.Bind {
 				a.unref(vs.Key.Addr)
 				touchedAddrs[vs.Key.Addr] = struct{}{}
@@ -339,6 +347,12 @@ func (a *Applier) ApplyServices(keys []servicecache.ServiceKey, part *Desired) e
 				continue
 			}
 			a.desired[vs.Key] = vs
+			if vs.Key.FWMark != 0 {
+				if a.fwmarks == nil {
+					a.fwmarks = map[VSKey]*VirtualServer{}
+				}
+				a.fwmarks[vs.Key] = vs
+			}
 			subWant.VirtualServers[vs.Key] = vs
 			kept = append(kept, vs)
 			if have := a.observed[vs.Key]; have != nil {

@@ -123,11 +123,11 @@ type MarkEntry struct {
 // Compare orders entries by key.
 func (e MarkEntry) Compare(o MarkEntry) int { return e.Key.Compare(o.Key) }
 
-// markEntries lists, sorted, what the firewall-mark virtual servers of vss
-// match.
-func markEntries(vss map[VSKey]*VirtualServer) []MarkEntry {
+// markEntries lists, sorted, what the firewall-mark virtual servers fw of
+// the state vss match.
+func markEntries(fw, vss map[VSKey]*VirtualServer) []MarkEntry {
 	var out []MarkEntry
-	for key, vs := range vss {
+	for key, vs := range fw {
 		if vs == nil || key.FWMark == 0 {
 			continue
 		}
@@ -149,7 +149,7 @@ func (d *Desired) MarkEntries() []MarkEntry {
 	if d == nil {
 		return nil
 	}
-	return markEntries(d.VirtualServers)
+	return markEntries(d.VirtualServers, d.VirtualServers)
 }
 
 // MarkEntries is Desired.MarkEntries for what the applier holds: the last
@@ -157,7 +157,7 @@ func (d *Desired) MarkEntries() []MarkEntry {
 func (a *Applier) MarkEntries() []MarkEntry {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return markEntries(a.desired)
+	return markEntries(a.fwmarks, a.desired)
 }
 
 // HeldMarks are the marks of the firewall-mark virtual servers the applier
@@ -167,8 +167,8 @@ func (a *Applier) HeldMarks() map[MarkOwner]uint32 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := map[MarkOwner]uint32{}
-	for key, vs := range a.desired {
-		if key.FWMark == 0 || vs == nil || len(vs.Match) == 0 {
+	for key, vs := range a.fwmarks {
+		if vs == nil || len(vs.Match) == 0 {
 			continue
 		}
 		out[MarkOwner{Service: vs.Service, Port: vs.PortName, Proto: vs.Match[0].Proto}] = key.FWMark
