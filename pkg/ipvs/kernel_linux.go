@@ -5,7 +5,6 @@ package ipvs
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 	"runtime"
@@ -373,109 +372,4 @@ func protoFromNumber(n uint16) (Proto, bool) {
 		return ProtoSCTP, true
 	}
 	return 0, false
-}
-
-// KernelLinks manages the dummy link over rtnetlink.
-type KernelLinks struct {
-	name string
-}
-
-var _ Links = (*KernelLinks)(nil)
-
-// NewKernelLinks manages the dummy link called name (DummyLinkName).
-func NewKernelLinks(name string) *KernelLinks { return &KernelLinks{name: name} }
-
-// EnsureLink is `ip link add kube-ipvs0 type dummy`. The link is left down,
-// as upstream does: its addresses are local all the same (the kernel adds
-// their local routes whatever the link state; for IPv6 because a dummy link
-// is NOARP, which skips duplicate address detection), and a down link gets
-// no routes of its own.
-func (l *KernelLinks) EnsureLink() error {
-	_, err := netlink.LinkByName(l.name)
-	if err == nil {
-		return nil
-	}
-	if !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return fmt.Errorf("look up link %s: %w", l.name, err)
-	}
-	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.name}}); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("ip link add %s type dummy: %w", l.name, err)
-	}
-	return nil
-}
-
-// link looks the link up; a missing one gives an error wrapping
-// fs.ErrNotExist.
-func (l *KernelLinks) link() (netlink.Link, error) {
-	link, err := netlink.LinkByName(l.name)
-	if err != nil {
-		if errors.As(err, new(netlink.LinkNotFoundError)) {
-			return nil, fmt.Errorf("look up link %s: %w (%w)", l.name, fs.ErrNotExist, err)
-		}
-		return nil, fmt.Errorf("look up link %s: %w", l.name, err)
-	}
-	return link, nil
-}
-
-// DeleteLink is `ip link del kube-ipvs0`, which unbinds its addresses too.
-// A missing link is fine; a link of that name that is not a dummy is not
-// the proxy's and is left alone, with an error.
-func (l *KernelLinks) DeleteLink() error {
-	link, err := l.link()
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if _, ok := link.(*netlink.Dummy); !ok {
-		return fmt.Errorf("link %s is a %s, not a dummy link: not deleting it", l.name, link.Type())
-	}
-	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return err
-	}
-	return nil
-}
-
-// Addresses is `ip addr show dev kube-ipvs0`, keeping host prefixes only:
-// the proxy binds nothing else, so anything else is not its to remove.
-func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
-	link, err := l.link()
-	if err != nil {
-		return nil, err
-	}
-	out, err := hostAddrsOf(link.Attrs().Index)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", l.name, err)
-	}
-	return sortedAddrs(out), nil
-}
-
-// AddAddress is `ip addr add 10.96.0.10/32 dev kube-ipvs0` (/128 for IPv6).
-func (l *KernelLinks) AddAddress(addr netip.Addr) error {
-	link, err := l.link()
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EEXIST) {
-		return err
-	}
-	return nil
-}
-
-// DeleteAddress is `ip addr del 10.96.0.10/32 dev kube-ipvs0`.
-func (l *KernelLinks) DeleteAddress(addr netip.Addr) error {
-	link, err := l.link()
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrDel(link, hostAddr(addr)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-		return err
-	}
-	return nil
-}
-
-func hostAddr(addr netip.Addr) *netlink.Addr {
-	bits := hostBits(addr)
-	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(bits, bits)}}
 }

@@ -144,7 +144,7 @@ func Run(ctx context.Context, o *Options) error {
 	applier := ipvs.NewApplierWithOptions(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.ApplierOptions{
 		GracefulTerminationTimeout: o.GracefulTerminationTimeout,
 		Excluded:                   excluded,
-		Progress:                   health.Progress,
+		Progress:                   logProgress(health.Progress),
 	})
 	var r *runner.Runner // the proxier asks it for retries
 	p := proxy.New(proxy.Config{
@@ -329,4 +329,20 @@ func rulesGeneration(tables map[iptables.Family]iptables.Tables) (func() (uint32
 		return nil, func() {}
 	}
 	return g.Get, g.Close
+}
+
+// logProgress wraps the applier's progress report (every 1000 kernel
+// changes): besides keeping /livez alive through a long first sync, it
+// says how far the proxy got, at most once every 30 seconds.
+func logProgress(progress func()) func() {
+	var batches int
+	var logged time.Time
+	return func() {
+		progress()
+		batches++
+		if time.Since(logged) >= 30*time.Second {
+			logged = time.Now()
+			klog.InfoS("Applying IPVS and address changes", "appliedSinceStart", batches*1000)
+		}
+	}
 }
