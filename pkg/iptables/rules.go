@@ -163,8 +163,10 @@ func concat(parts ...[]string) Rule {
 // KUBE-EXTERNAL-LOCAL-MARK into the packet, and IPVS then picks that
 // mark's virtual server over the address's. The node's own connections
 // are also marked for masquerade, as upstream does: their source would
-// otherwise be the external address itself when it is bound on kube-ipvs0.
-// Traffic from outside keeps the Local policy and its source address.
+// otherwise be the external address itself when it is bound on kube-ipvs0
+// (IPVS compares the whole mark, so these have firewall-mark virtual
+// servers of their own, on mark|masquerade mark). Traffic from outside
+// keeps the Local policy and its source address.
 func (b *familyBuilder) externalLocalMarkRules(masqMark string) []Rule {
 	if b.markEntries == 0 {
 		return nil

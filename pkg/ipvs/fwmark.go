@@ -21,6 +21,14 @@ import (
 // ipset KUBE-EXTERNAL-LOCAL-MARK maps each external address to its mark
 // (pkg/iptables), and its rules in mangle PREROUTING (pods) and OUTPUT
 // (the node) set the mark.
+//
+// IPVS compares the whole packet mark with the virtual server's. The node's
+// own packets also carry the masquerade mark (MasqueradeMark, set by the
+// same mangle rules, so that they leave with the node's address as
+// upstream's "masquerade LOCAL traffic" rule does), so each port and family
+// has a second firewall-mark virtual server, on mark|MasqueradeMark. A
+// packet with other mark bits set by someone else matches neither and gets
+// the address's virtual server, as before.
 
 // FWMarkMask is the part of the packet mark these virtual servers use: bits
 // 16 to 29. It keeps clear of the masquerade (0x4000) and drop (0x8000)
@@ -28,6 +36,11 @@ import (
 const FWMarkMask uint32 = 0x3fff0000
 
 const fwMarkShift = 16
+
+// MasqueradeMark is iptables' masquerade mark (KUBE-MARK-MASQ, upstream's
+// default --iptables-masquerade-bit 14), which the node's own packets to a
+// marked address carry besides the firewall mark.
+const MasqueradeMark uint32 = 0x4000
 
 // fwMarkValues is how many marks FWMarkMask holds (mark 0 is not one).
 const fwMarkValues = FWMarkMask>>fwMarkShift - 1
@@ -97,8 +110,14 @@ func (p *planner) markFor(o MarkOwner) uint32 {
 }
 
 // OwnedMark reports whether a firewall-mark virtual server on mark is one
-// of ours: a mark inside FWMarkMask only.
-func OwnedMark(mark uint32) bool { return mark != 0 && mark&^FWMarkMask == 0 }
+// of ours: a mark inside FWMarkMask, with or without MasqueradeMark.
+func OwnedMark(mark uint32) bool {
+	base := mark &^ MasqueradeMark
+	return base != 0 && base&^FWMarkMask == 0
+}
+
+// nodeMark reports whether mark is the node's variant (MasqueradeMark set).
+func nodeMark(mark uint32) bool { return mark&MasqueradeMark != 0 }
 
 // ownedKey reports whether key is one of our firewall-mark virtual servers.
 func ownedKey(key VSKey) bool { return key.FWMark != 0 && OwnedMark(key.FWMark) }
@@ -128,8 +147,8 @@ func (e MarkEntry) Compare(o MarkEntry) int { return e.Key.Compare(o.Key) }
 func markEntries(fw, vss map[VSKey]*VirtualServer) []MarkEntry {
 	var out []MarkEntry
 	for key, vs := range fw {
-		if vs == nil || key.FWMark == 0 {
-			continue
+		if vs == nil || key.FWMark == 0 || nodeMark(key.FWMark) {
+			continue // the node's variant matches the same addresses
 		}
 		for _, m := range vs.Match {
 			// An external virtual server another Service holds is not
@@ -168,7 +187,7 @@ func (a *Applier) HeldMarks() map[MarkOwner]uint32 {
 	defer a.mu.Unlock()
 	out := map[MarkOwner]uint32{}
 	for key, vs := range a.fwmarks {
-		if vs == nil || len(vs.Match) == 0 {
+		if vs == nil || len(vs.Match) == 0 || nodeMark(key.FWMark) {
 			continue
 		}
 		out[MarkOwner{Service: vs.Service, Port: vs.PortName, Proto: vs.Match[0].Proto}] = key.FWMark
@@ -198,12 +217,15 @@ func (b *vsBuilder) addFWMark(p *planner, start int) {
 		if len(match) == 0 {
 			continue
 		}
-		vs := b.tmpl
-		vs.Key = FWMarkKey(fam == 0, mark)
-		vs.Kind = KindFWMark
-		vs.RealServers = rss
-		vs.Match = match
-		b.backing = append(b.backing, vs)
-		b.out = append(b.out, &b.backing[len(b.backing)-1])
+		// One for pods, one for the node's own (masqueraded) packets.
+		for _, m := range []uint32{mark, mark | MasqueradeMark} {
+			vs := b.tmpl
+			vs.Key = FWMarkKey(fam == 0, m)
+			vs.Kind = KindFWMark
+			vs.RealServers = rss
+			vs.Match = match
+			b.backing = append(b.backing, vs)
+			b.out = append(b.out, &b.backing[len(b.backing)-1])
+		}
 	}
 }

@@ -32,10 +32,13 @@ func TestServiceMark(t *testing.T) {
 			t.Errorf("probe mark %#x is in our range", m)
 		}
 	}
-	for _, m := range []uint32{0, 0x4000, 0x8000, 0xc000, 0x40000000, 0x10001} {
+	for _, m := range []uint32{0, 0x4000, 0x8000, 0xc000, 0x40000000, 0x10001, 0x18000} {
 		if OwnedMark(m) {
 			t.Errorf("OwnedMark(%#x) = true", m)
 		}
+	}
+	if !OwnedMark(0x10000|MasqueradeMark) || !nodeMark(0x10000|MasqueradeMark) {
+		t.Error("the node's variant of a mark is not ours")
 	}
 }
 
@@ -89,6 +92,9 @@ func TestPlanFWMark(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.want) || vs.Bind || vs.Kind != KindFWMark {
 				t.Errorf("%s: %v bind %v, want %v", vs, got, vs.Bind, tt.want)
+			}
+			if node := d.VirtualServers[FWMarkKey(true, mark|MasqueradeMark)]; node == nil || !slices.Equal(node.RealServers, vs.RealServers) {
+				t.Errorf("the node's firewall-mark server %v differs from the pods' %v", node, vs)
 			}
 			var entries []string
 			for _, e := range d.MarkEntries() {
@@ -225,8 +231,8 @@ func TestMarkFor(t *testing.T) {
 // ours, and both leave the others' alone.
 func TestFWMarkOwnership(t *testing.T) {
 	rs := RealServer{Key: RSKey{Addr: ip("10.244.1.2"), Port: 80}, Weight: 1}
-	ours := []VSKey{FWMarkKey(true, 0x10000), FWMarkKey(false, 0x3ffe0000)}
-	foreign := []VSKey{FWMarkKey(true, 0x4000), FWMarkKey(true, probeMarks[0]), FWMarkKey(true, 0x40010000), FWMarkKey(false, 1)}
+	ours := []VSKey{FWMarkKey(true, 0x10000), FWMarkKey(true, 0x14000), FWMarkKey(false, 0x3ffe0000)}
+	foreign := []VSKey{FWMarkKey(true, 0x4000), FWMarkKey(true, probeMarks[0]), FWMarkKey(true, 0x40010000), FWMarkKey(false, 1), FWMarkKey(true, 0x18000)}
 	setup := func() *FakeIPVS {
 		f := NewFakeIPVS(nil)
 		for _, k := range slices.Concat(ours, foreign) {

@@ -366,7 +366,7 @@ func (p *planner) count(svc *servicecache.Service) int {
 			n += len(p.nodeAddrs)
 		}
 		if svc.ExternalPolicyLocal {
-			n += 2 // a firewall-mark virtual server per family (fwmark.go)
+			n += 4 // two firewall-mark virtual servers per family (fwmark.go)
 		}
 	}
 	return n

@@ -300,7 +300,7 @@ func TestCategorizeLikeUpstream(t *testing.T) {
 					wantVS = 2
 				}
 				if fwmark {
-					wantVS++
+					wantVS += 2 // for pods and for the node
 				}
 				if len(vss) != wantVS {
 					t.Errorf("%d virtual servers, want %d", len(vss), wantVS)
@@ -347,6 +347,9 @@ func TestSelectPerFamily(t *testing.T) {
 		// From inside the cluster, every endpoint of the family.
 		FWMarkKey(true, mark).String():  "10.0.0.2:80",
 		FWMarkKey(false, mark).String(): "[fd00::1]:80 [fd00::2]:80",
+		// The node's own packets, with the masquerade mark.
+		FWMarkKey(true, mark|MasqueradeMark).String():  "10.0.0.2:80",
+		FWMarkKey(false, mark|MasqueradeMark).String(): "[fd00::1]:80 [fd00::2]:80",
 	}
 	for k, w := range want {
 		if got[k] != w {
