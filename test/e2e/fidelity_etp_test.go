@@ -24,7 +24,11 @@ import (
 // no real server; the proxy adds a firewall-mark virtual server with the
 // cluster's endpoints, lists the external addresses with its mark in
 // KUBE-EXTERNAL-LOCAL-MARK, and the mangle chain KUBE-EXTERNAL-LOCAL-MARK
-// marks packets from pods (the local-traffic detector) and from the node.
+// marks packets from pods (the local-traffic detector) and from the node
+// (which also get the masquerade mark, and so a second firewall-mark
+// virtual server on mark+0x4000). On node2, whose local endpoints are all
+// of them, nothing is marked: its own connections to the load-balancer and
+// external IPs keep that address as their source, which the case only logs.
 
 const (
 	fidLBIP       = "192.0.2.33" // the load-balancer ingress IP
