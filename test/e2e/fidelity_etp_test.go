@@ -143,8 +143,13 @@ func fidWaitMarked(t *testing.T, node string, entries, realServers []string) {
 	deadline := time.Now().Add(propagateTimeout)
 	var set, ipvs string
 	for {
-		set = nodeOutput(t, node, "ipset", "list", fidMarkSet)
-		ipvs = nodeOutput(t, node, "ipvsadm", "-Ln")
+		// Errors (the set not created yet) are retried until the deadline.
+		var errSet, errIPVS error
+		set, errSet = lab.Output(context.Background(), node, "ipset", "list", fidMarkSet)
+		ipvs, errIPVS = lab.Output(context.Background(), node, "ipvsadm", "-Ln")
+		if errSet != nil || errIPVS != nil {
+			set += fmt.Sprintf("\n(ipset: %v; ipvsadm: %v)", errSet, errIPVS)
+		}
 		mark := ""
 		ok := true
 		for _, e := range entries {
