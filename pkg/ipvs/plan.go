@@ -29,6 +29,10 @@ type Config struct {
 	// an address inside one of them (see Excluded), and the applier never
 	// deletes the ones it finds there.
 	ExcludeCIDRs []netip.Prefix
+	// IPv4Only leaves IPv6 out: no IPv6 virtual server is planned, as
+	// upstream runs single-stack IPv4 when ip6tables is not usable (the
+	// IPv6 ipsets and rules IPVS relies on could not be made).
+	IPv4Only bool
 	// LocalFallbackToCluster chooses, for externalTrafficPolicy: Local
 	// Services with no endpoint on this node, upstream IPVS mode's
 	// behaviour: the node port, external and load-balancer virtual servers
@@ -51,6 +55,7 @@ type planner struct {
 	local             []netip.Addr
 	exclude           []netip.Prefix
 	fallbackToCluster bool
+	ipv4Only          bool
 	heldMarks         map[MarkOwner]uint32
 	// markUsers are the marks taken, by HeldMarks or in this run.
 	markUsers map[uint32]MarkOwner
@@ -68,6 +73,7 @@ func newPlanner(cfg Config, node *servicecache.Node) planner {
 		exclude:           normalizePrefixes(cfg.ExcludeCIDRs),
 		local:             normalizeAddrs(cfg.LocalAddresses),
 		fallbackToCluster: cfg.LocalFallbackToCluster,
+		ipv4Only:          cfg.IPv4Only,
 		heldMarks:         cfg.HeldMarks,
 	}
 	p.nodeAddrs = p.withoutExcluded(normalizeAddrs(cfg.NodePortAddresses))
@@ -394,6 +400,7 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 			has6 = has6 || ip.Is6()
 		}
 	}
+	has6 = has6 && !p.ipv4Only
 	b := vsBuilder{
 		backing: make([]VirtualServer, 0, n),
 		out:     make([]*VirtualServer, 0, n),

@@ -835,3 +835,24 @@ func TestPlanNodeAddressesExcluded(t *testing.T) {
 		t.Error("Config.NodePortAddresses modified")
 	}
 }
+
+// TestPlanIPv4Only: without IPv6 iptables the planner plans no IPv6
+// virtual server, even for dual-stack Services and IPv6 node addresses.
+func TestPlanIPv4Only(t *testing.T) {
+	s := svc("default", "web", ips("10.96.0.10", "fd00:96::10"), port("http", v1.ProtocolTCP, 80, 30080,
+		ep("10.244.1.2", 8080, "ready"), ep("fd00:244::2", 8080, "ready")))
+	cfg := Config{NodePortAddresses: ips("172.30.0.11", "fd00:30::11"), IPv4Only: true}
+	d := Plan(snapshot(s), cfg)
+	var got []netip.Addr
+	for k := range d.VirtualServers {
+		got = append(got, k.Addr)
+	}
+	slices.SortFunc(got, netip.Addr.Compare)
+	if want := ips("10.96.0.10", "172.30.0.11"); !slices.Equal(got, want) {
+		t.Errorf("virtual servers on %v, want %v", got, want)
+	}
+	cfg.IPv4Only = false
+	if n := len(Plan(snapshot(s), cfg).VirtualServers); n != 4 {
+		t.Errorf("dual-stack plan has %d virtual servers, want 4", n)
+	}
+}

@@ -32,17 +32,19 @@ type Config struct {
 	// annotations, so that the planner refuses those the kernel cannot
 	// load (the Service gets Scheduler and a Warning Event).
 	Schedulers *ipvs.Schedulers
-	// Families programmed by iptables/ipset (IPVS is one table for both).
+	// Families programmed by iptables/ipset. Without IPv6 here IPVS plans
+	// no IPv6 virtual server either (ipvs.Config.IPv4Only).
 	Families []iptables.Family
 	// ClusterCIDRs is --cluster-cidr.
 	ClusterCIDRs []netip.Prefix
 	// MasqueradeAll is --masquerade-all.
 	MasqueradeAll bool
-	// NodePortCIDRs is --nodeport-addresses as prefixes (empty: all).
-	NodePortCIDRs []netip.Prefix
-	// NodePortAddresses picks the node addresses NodePort virtual servers
-	// go on, given the node's addresses (from the Node object).
-	NodePortAddresses func(nodeAddrs []netip.Addr) []netip.Addr
+	// NodePortAddresses is --nodeport-addresses (zero: all). Each sync
+	// resolves it once against the host's addresses and the Node's
+	// primary IPs (NodePortAddresses.NodePortIPs): NodePort virtual
+	// servers, the SCTP node-port set entries and the conntrack cleanup
+	// all use that one list.
+	NodePortAddresses servicecache.NodePortAddresses
 	// ExcludeCIDRs is --ipvs-exclude-cidrs.
 	ExcludeCIDRs []netip.Prefix
 	// LocalFallbackToCluster is --external-traffic-local-fallback.
@@ -140,9 +142,6 @@ type Proxier struct {
 // New returns a proxier. localAddrs lists the host's addresses except
 // those on kube-ipvs0.
 func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error), ipvsApplier *ipvs.Applier, ipt *iptables.Applier, health HealthUpdater, opts Options) *Proxier {
-	if cfg.NodePortAddresses == nil {
-		cfg.NodePortAddresses = func(a []netip.Addr) []netip.Addr { return a }
-	}
 	if cfg.Guard.ClusterCIDRs == nil {
 		cfg.Guard.ClusterCIDRs = cfg.ClusterCIDRs
 	}
@@ -153,9 +152,24 @@ func New(cfg Config, cache Snapshotter, localAddrs func() ([]netip.Addr, error),
 		iptProblems:    problemLog{logMessage: "Service limited by iptables/ipset programming"}}
 }
 
-// IPVSConfig is the planner configuration for the given snapshot and
-// local addresses.
-func (p *Proxier) IPVSConfig(snap *servicecache.Snapshot, local []netip.Addr) ipvs.Config {
+// NodePortIPs are the addresses NodePorts are served on for the given
+// snapshot and local addresses (the host's, except kube-ipvs0's).
+func (p *Proxier) NodePortIPs(snap *servicecache.Snapshot, local []netip.Addr) []netip.Addr {
+	out := p.cfg.NodePortAddresses.NodePortIPs(snap.Node.PrimaryIPs(), local)
+	if p.ipv4Only() {
+		out = slices.DeleteFunc(out, netip.Addr.Is6)
+	}
+	return out
+}
+
+// ipv4Only: without IPv6 iptables/ipsets (ip6tables unusable, or IPv6 off
+// in the kernel) IPVS programs no IPv6 either, as upstream then runs
+// single-stack.
+func (p *Proxier) ipv4Only() bool { return !slices.Contains(p.cfg.Families, iptables.IPv6) }
+
+// IPVSConfig is the planner configuration for the given local addresses
+// and NodePort addresses (NodePortIPs).
+func (p *Proxier) IPVSConfig(local, nodePortIPs []netip.Addr) ipvs.Config {
 	var available func(string) bool
 	if p.cfg.Schedulers != nil {
 		available = p.cfg.Schedulers.Available
@@ -163,7 +177,8 @@ func (p *Proxier) IPVSConfig(snap *servicecache.Snapshot, local []netip.Addr) ip
 	return ipvs.Config{
 		Scheduler:              p.cfg.Scheduler,
 		SchedulerAvailable:     available,
-		NodePortAddresses:      p.cfg.NodePortAddresses(snap.Node.Addresses),
+		NodePortAddresses:      nodePortIPs,
+		IPv4Only:               p.ipv4Only(),
 		LocalAddresses:         local,
 		ExcludeCIDRs:           p.cfg.ExcludeCIDRs,
 		LocalFallbackToCluster: p.cfg.LocalFallbackToCluster,
@@ -186,7 +201,8 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		return fmt.Errorf("listing the node's addresses: %w", err)
 	}
 	snap = p.filter(snap)
-	ic := p.IPVSConfig(snap, local)
+	nodePortIPs := p.NodePortIPs(snap, local)
+	ic := p.IPVSConfig(local, nodePortIPs)
 	sameNode := snap.Node.Name == p.lastNode.Name && snap.Node.Zone == p.lastNode.Zone
 	if !p.reconciled || !sameIPVSConfig(ic, p.lastIPVS) || !sameNode {
 		full = true
@@ -272,7 +288,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		ClusterCIDRs:      p.cfg.ClusterCIDRs,
 		MasqueradeAll:     p.cfg.MasqueradeAll,
 		NotLocal:          p.notLocal(snap.Node),
-		NodePortAddresses: p.cfg.NodePortCIDRs,
+		NodePortAddresses: hostPrefixes(nodePortIPs),
 		LocalAddresses:    local,
 		NodeIPs:           primaryIPs(snap.Node.Addresses),
 		// The marks of the firewall-mark virtual servers IPVS now has,
@@ -472,6 +488,27 @@ func primaryIPs(addrs []netip.Addr) []netip.Addr {
 		case a.Is6() && !v6:
 			out, v6 = append(out, a), true
 		}
+	}
+	return out
+}
+
+// hostPrefixes turns the NodePort addresses into the iptables planner's
+// --nodeport-addresses: a /32 or /128 per address picks exactly those of
+// the local addresses. A family with none gets its unspecified address
+// (0.0.0.0/32, ::/128), which no interface has: without a prefix of a
+// family the iptables planner would take all of its addresses.
+func hostPrefixes(addrs []netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(addrs)+2)
+	var has4, has6 bool
+	for _, a := range addrs {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		has4, has6 = has4 || a.Is4(), has6 || a.Is6()
+	}
+	if !has4 {
+		out = append(out, netip.PrefixFrom(netip.IPv4Unspecified(), 32))
+	}
+	if !has6 {
+		out = append(out, netip.PrefixFrom(netip.IPv6Unspecified(), 128))
 	}
 	return out
 }

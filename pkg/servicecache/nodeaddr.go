@@ -3,6 +3,7 @@ package servicecache
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -66,36 +67,67 @@ func ParseNodePortAddresses(vals []string) (NodePortAddresses, error) {
 	return out, nil
 }
 
-// Resolve returns the addresses of nodeAddrs NodePorts are served on: all
-// of them if cidrs is empty, else those inside one of cidrs.Prefixes, plus
-// for "primary" the first address of each family.
-//
-// "primary" is kube-proxy's primary node IP per family, i.e. the first
-// InternalIP of that family in the Node's status, so nodeAddrs must be in
-// Node.Addresses order (InternalIPs first, status order). The result keeps
-// nodeAddrs' order without duplicates; IPv4-mapped IPv6 addresses count as
-// IPv4, zones are dropped, and invalid addresses are skipped.
-func (cidrs NodePortAddresses) Resolve(nodeAddrs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	seen := map[netip.Addr]bool{}
-	primaryTaken := map[bool]bool{} // keyed by Is4
-	for _, a := range nodeAddrs {
-		if !a.IsValid() {
-			continue
-		}
-		a = a.Unmap().WithZone("")
-		isPrimary := !primaryTaken[a.Is4()]
-		primaryTaken[a.Is4()] = true
-		if seen[a] {
-			continue
-		}
-		// Like kube-proxy, a loopback primary means "unknown": no address.
-		if cidrs.IsZero() || (cidrs.Primary && isPrimary && !a.IsLoopback()) || containedIn(a, cidrs.Prefixes) {
-			seen[a] = true
-			out = append(out, a)
+// Expand returns the prefixes NodePorts are matched against, as
+// kube-proxy expands --nodeport-addresses: "primary" becomes the node's
+// primary IP of each family as a /32 or /128, a loopback primary (kube-proxy's
+// "unknown") none. primary is Node.PrimaryIPs.
+func (n NodePortAddresses) Expand(primary []netip.Addr) []netip.Prefix {
+	out := slices.Clone(n.Prefixes)
+	if n.Primary {
+		for _, a := range primary {
+			if a = a.Unmap().WithZone(""); a.IsValid() && !a.IsLoopback() {
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			}
 		}
 	}
 	return out
+}
+
+// NodePortIPs returns the addresses NodePort virtual servers (and the SCTP
+// node-port set entries, and the conntrack cleanup) use, as upstream IPVS
+// mode picks them from the host's addresses: local are the addresses of
+// the host's interfaces except kube-ipvs0 (Service addresses are never
+// NodePort addresses), primary the node's primary IPs (Node.PrimaryIPs).
+//
+// Per family, as kube-proxy's NodePortAddresses: with no prefix of that
+// family after Expand, or a zero-length one, every local address of the
+// family but loopback and IPv6 link-local; otherwise the local addresses
+// inside one of its prefixes but loopback (IPVS cannot serve NodePorts on
+// loopback). The result is sorted without duplicates; IPv4-mapped IPv6
+// addresses count as IPv4, zones are dropped, invalid addresses skipped.
+func (n NodePortAddresses) NodePortIPs(primary, local []netip.Addr) []netip.Addr {
+	prefixes := n.Expand(primary)
+	var out []netip.Addr
+	for _, is4 := range []bool{true, false} {
+		var fam []netip.Prefix
+		matchAll := true
+		for _, p := range prefixes {
+			if p.Addr().Unmap().Is4() != is4 {
+				continue
+			}
+			if p.Bits() == 0 {
+				fam, matchAll = nil, true
+				break
+			}
+			fam, matchAll = append(fam, p), false
+		}
+		for _, a := range local {
+			a = a.Unmap().WithZone("")
+			if !a.IsValid() || a.Is4() != is4 || a.IsLoopback() {
+				continue
+			}
+			if matchAll {
+				if a.Is6() && a.IsLinkLocalUnicast() {
+					continue
+				}
+			} else if !containedIn(a, fam) {
+				continue
+			}
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 func containedIn(a netip.Addr, prefixes []netip.Prefix) bool {

@@ -3,6 +3,7 @@ package servicecache
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -58,32 +59,53 @@ func TestParseNodePortAddresses(t *testing.T) {
 	}
 }
 
-func TestResolveNodePortAddresses(t *testing.T) {
-	// Primary first in each family, as Node.Addresses orders them.
-	node := nodeAddrs("192.168.1.10", "10.0.0.10", "fd00::10", "192.168.1.11", "2001:db8::10")
+func TestNodePortIPs(t *testing.T) {
+	// The lab's node: its address and an IPv6 one on eth0, loopback; the
+	// caller has already left kube-ipvs0's addresses out.
+	lab := nodeAddrs("127.0.0.1", "172.30.0.11", "::1", "fd00:30::11", "fe80::1")
+	labPrimary := nodeAddrs("172.30.0.11", "fd00:30::11")
+	multi := nodeAddrs("10.0.0.10", "192.168.1.10", "192.168.1.11", "169.254.3.3", "2001:db8::10", "fd00::10", "fe80::2")
+	multiPrimary := nodeAddrs("192.168.1.10", "fd00::10")
 	tests := []struct {
-		name      string
-		flag      []string
-		nodeAddrs []netip.Addr
-		want      []netip.Addr
+		name    string
+		flag    []string
+		primary []netip.Addr
+		local   []netip.Addr
+		want    []netip.Addr
 	}{
-		{name: "empty means all", flag: nil, nodeAddrs: node, want: node},
-		{name: "no node addresses", flag: []string{"primary"}, nodeAddrs: nil, want: nil},
-		{name: "ipv4 cidr", flag: []string{"192.168.1.0/24"}, nodeAddrs: node, want: nodeAddrs("192.168.1.10", "192.168.1.11")},
-		{name: "ipv6 cidr", flag: []string{"2001:db8::/32"}, nodeAddrs: node, want: nodeAddrs("2001:db8::10")},
-		{name: "cidr matching nothing", flag: []string{"172.16.0.0/12"}, nodeAddrs: node, want: nil},
-		{name: "primary", flag: []string{"primary"}, nodeAddrs: node, want: nodeAddrs("192.168.1.10", "fd00::10")},
-		{name: "primary single stack", flag: []string{"primary"}, nodeAddrs: nodeAddrs("10.0.0.1", "10.0.0.2"), want: nodeAddrs("10.0.0.1")},
-		{name: "primary plus cidr", flag: []string{"primary", "10.0.0.0/8"}, nodeAddrs: node,
-			want: nodeAddrs("192.168.1.10", "10.0.0.10", "fd00::10")},
-		{name: "all", flag: []string{"all"}, nodeAddrs: node, want: node},
-		{name: "localhost matches only loopback", flag: []string{"localhost"}, nodeAddrs: nodeAddrs("10.0.0.1", "127.0.0.1"), want: nodeAddrs("127.0.0.1")},
-		{name: "loopback primary yields nothing for that family", flag: []string{"primary"},
-			nodeAddrs: nodeAddrs("127.0.0.1", "10.0.0.1", "fd00::1"), want: nodeAddrs("fd00::1")},
-		{name: "duplicates dropped", flag: nil, nodeAddrs: nodeAddrs("10.0.0.1", "10.0.0.1", "::ffff:10.0.0.1"), want: nodeAddrs("10.0.0.1")},
-		{name: "mapped ipv4 is ipv4", flag: []string{"10.0.0.0/8"}, nodeAddrs: nodeAddrs("::ffff:10.0.0.1"), want: nodeAddrs("10.0.0.1")},
-		{name: "invalid skipped", flag: nil, nodeAddrs: []netip.Addr{{}, netip.MustParseAddr("10.0.0.1")}, want: nodeAddrs("10.0.0.1")},
-		{name: "zone dropped", flag: []string{"fe80::/10"}, nodeAddrs: nodeAddrs("fe80::1%eth0"), want: nodeAddrs("fe80::1")},
+		{name: "empty: every local address but loopback and ipv6 link-local", local: lab, primary: labPrimary,
+			want: nodeAddrs("172.30.0.11", "fd00:30::11")},
+		// As upstream's matchAll path: IPv4 link-local stays.
+		{name: "empty keeps ipv4 link-local", local: multi,
+			want: nodeAddrs("10.0.0.10", "169.254.3.3", "192.168.1.10", "192.168.1.11", "2001:db8::10", "fd00::10")},
+		{name: "all", flag: []string{"all"}, local: lab, want: nodeAddrs("172.30.0.11", "fd00:30::11")},
+		{name: "no local addresses", flag: []string{"primary"}, primary: labPrimary, local: nil, want: nil},
+		{name: "primary", flag: []string{"primary"}, primary: multiPrimary, local: multi,
+			want: nodeAddrs("192.168.1.10", "fd00::10")},
+		{name: "primary not on the host", flag: []string{"primary"}, primary: nodeAddrs("203.0.113.5", "fd00::10"), local: multi,
+			want: nodeAddrs("fd00::10")},
+		// As kube-proxy: "primary" on a single-stack node gives no IPv6
+		// prefix, so the IPv6 family matches all of its addresses.
+		{name: "primary single stack: other family matches all", flag: []string{"primary"}, primary: nodeAddrs("192.168.1.10"), local: multi,
+			want: nodeAddrs("192.168.1.10", "2001:db8::10", "fd00::10")},
+		{name: "loopback primary: no prefix for that family", flag: []string{"primary", "fd00::/64"}, primary: nodeAddrs("127.0.0.1", "fd00::10"), local: multi,
+			want: nodeAddrs("10.0.0.10", "169.254.3.3", "192.168.1.10", "192.168.1.11", "fd00::10")},
+		{name: "ipv4 cidr, ipv6 all", flag: []string{"192.168.1.0/24"}, local: multi,
+			want: nodeAddrs("192.168.1.10", "192.168.1.11", "2001:db8::10", "fd00::10")},
+		{name: "cidr of each family", flag: []string{"192.168.1.0/24", "2001:db8::/32"}, local: multi,
+			want: nodeAddrs("192.168.1.10", "192.168.1.11", "2001:db8::10")},
+		{name: "cidr matching nothing", flag: []string{"172.16.0.0/12", "2001:db8:ffff::/48"}, local: multi, want: nil},
+		{name: "primary plus cidr", flag: []string{"primary", "10.0.0.0/8"}, primary: multiPrimary, local: multi,
+			want: nodeAddrs("10.0.0.10", "192.168.1.10", "fd00::10")},
+		{name: "zero-length prefix wins over others", flag: []string{"10.0.0.0/8", "0.0.0.0/0", "fd00::/8"}, local: multi,
+			want: nodeAddrs("10.0.0.10", "169.254.3.3", "192.168.1.10", "192.168.1.11", "fd00::10")},
+		{name: "explicit ipv6 link-local cidr", flag: []string{"fe80::/10", "10.0.0.0/8"}, local: multi,
+			want: nodeAddrs("10.0.0.10", "fe80::2")},
+		{name: "localhost: loopback never serves", flag: []string{"localhost"}, local: lab, want: nil},
+		{name: "duplicates and mapped dropped", local: nodeAddrs("10.0.0.1", "10.0.0.1", "::ffff:10.0.0.1"), want: nodeAddrs("10.0.0.1")},
+		{name: "mapped ipv4 is ipv4", flag: []string{"10.0.0.0/8"}, local: nodeAddrs("::ffff:10.0.0.1"), want: nodeAddrs("10.0.0.1")},
+		{name: "invalid skipped", local: []netip.Addr{{}, netip.MustParseAddr("10.0.0.1")}, want: nodeAddrs("10.0.0.1")},
+		{name: "zone dropped", flag: []string{"fe80::/10"}, local: nodeAddrs("fe80::1%eth0"), want: nodeAddrs("fe80::1")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,14 +113,26 @@ func TestResolveNodePortAddresses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := spec.Resolve(tc.nodeAddrs)
+			got := spec.NodePortIPs(tc.primary, tc.local)
 			if len(got) == 0 && len(tc.want) == 0 {
 				return
 			}
 			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Resolve = %v, want %v", got, tc.want)
+				t.Errorf("NodePortIPs = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestExpandPrimary(t *testing.T) {
+	spec := NodePortAddresses{Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Primary: true}
+	got := spec.Expand(nodeAddrs("::ffff:192.168.1.10", "::1"))
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.1.10/32")}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Expand = %v, want %v", got, want)
+	}
+	if len(spec.Prefixes) != 1 {
+		t.Errorf("Expand changed the receiver's Prefixes: %v", spec.Prefixes)
 	}
 }
 
@@ -145,9 +179,18 @@ func TestNodeAddressOrder(t *testing.T) {
 			if got := n.PrimaryIPs(); !reflect.DeepEqual(got, tc.wantPrimary) {
 				t.Errorf("PrimaryIPs = %v, want %v", got, tc.wantPrimary)
 			}
-			if got := (NodePortAddresses{Primary: true}).Resolve(n.Addresses); !reflect.DeepEqual(got, tc.wantPrimary) {
-				t.Errorf("--nodeport-addresses=primary resolves to %v, want %v", got, tc.wantPrimary)
+			if got := (NodePortAddresses{Primary: true}).NodePortIPs(n.PrimaryIPs(), n.Addresses); !containsAll(got, tc.wantPrimary) {
+				t.Errorf("--nodeport-addresses=primary resolves to %v, want it to hold %v", got, tc.wantPrimary)
 			}
 		})
 	}
+}
+
+func containsAll(have, want []netip.Addr) bool {
+	for _, a := range want {
+		if !slices.Contains(have, a) {
+			return false
+		}
+	}
+	return true
 }

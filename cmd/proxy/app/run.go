@@ -93,7 +93,7 @@ func Run(ctx context.Context, o *Options) error {
 			tables[iptables.IPv6] = t6
 			families = append(families, iptables.IPv6)
 		} else {
-			klog.InfoS("IPv6 is enabled but ip6tables is not usable; programming IPv4 only", "err", err)
+			klog.InfoS("IPv6 is enabled but ip6tables is not usable; running single-stack IPv4: no IPv6 iptables rules, ipsets or IPVS virtual servers", "err", err)
 		}
 	}
 	generation, closeGeneration := rulesGeneration(tables)
@@ -148,15 +148,12 @@ func Run(ctx context.Context, o *Options) error {
 	})
 	var r *runner.Runner // the proxier asks it for retries
 	p := proxy.New(proxy.Config{
-		Scheduler:     scheduler,
-		Schedulers:    schedulers,
-		Families:      families,
-		ClusterCIDRs:  clusterCIDRs,
-		MasqueradeAll: o.MasqueradeAll,
-		NodePortCIDRs: npa.Prefixes,
-		NodePortAddresses: func(nodeAddrs []netip.Addr) []netip.Addr {
-			return npa.Resolve(nodeAddrs)
-		},
+		Scheduler:              scheduler,
+		Schedulers:             schedulers,
+		Families:               families,
+		ClusterCIDRs:           clusterCIDRs,
+		MasqueradeAll:          o.MasqueradeAll,
+		NodePortAddresses:      npa,
 		ExcludeCIDRs:           excludeCIDRs,
 		Guard:                  guardCfg,
 		LocalFallbackToCluster: o.ExternalLocalFallback,

@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/iptables"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/ipvs"
+	"github.com/kube-ipvs-proxy/kube-ipvs-proxy/pkg/servicecache"
+)
+
+// TestNodePortAddressesFromHost checks that NodePort virtual servers and
+// the SCTP node-port set entries go on one list: the host's addresses
+// matching --nodeport-addresses, not the Node object's.
+func TestNodePortAddressesFromHost(t *testing.T) {
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out
+	}
+	// The Node reports an address the host does not have (a cloud
+	// ExternalIP) and misses one it has.
+	n := servicecache.Node{Name: "node1", Addresses: addrs("172.30.0.11", "203.0.113.5", "fd00:30::11")}
+	local := addrs("127.0.0.1", "172.30.0.11", "192.168.5.5", "::1", "fd00:30::11", "fe80::1")
+	tests := []struct {
+		name string
+		flag []string
+		want []netip.Addr
+	}{
+		{name: "empty: every host address", want: addrs("172.30.0.11", "192.168.5.5")},
+		{name: "primary", flag: []string{"primary"}, want: addrs("172.30.0.11")},
+		{name: "cidr", flag: []string{"192.168.0.0/16"}, want: addrs("192.168.5.5")},
+		{name: "cidr matching no host address", flag: []string{"203.0.113.0/24"}, want: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			npa, err := servicecache.ParseNodePortAddresses(tc.flag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log := &ipvs.FakeLog{}
+			fipvs, links, ipset := ipvs.NewFakeIPVS(log), ipvs.NewFakeLinks(log), iptables.NewFakeIPSet()
+			snaps := &snapshots{}
+			p := New(Config{Families: []iptables.Family{iptables.IPv4}, NodePortAddresses: npa},
+				snaps, func() ([]netip.Addr, error) { return local, nil }, ipvs.NewApplier(fipvs, links),
+				&iptables.Applier{IPSet: ipset, Tables: map[iptables.Family]iptables.Tables{iptables.IPv4: iptables.NewFakeTables()}},
+				&healthRecorder{}, Options{})
+			svc := &servicecache.Service{
+				Key: servicecache.ServiceKey{Namespace: "default", Name: "sctp"}, Type: v1.ServiceTypeNodePort,
+				ClusterIPs: addrs("10.96.0.10"),
+				Ports: []servicecache.ServicePort{{Name: "s", Protocol: v1.ProtocolSCTP, Port: 80, NodePort: 30080,
+					Endpoints: []servicecache.Endpoint{{Addr: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}},
+			}
+			snap := &servicecache.Snapshot{Services: []*servicecache.Service{svc}, Node: n, Changed: []servicecache.ServiceKey{svc.Key}}
+			snaps.queue = []*servicecache.Snapshot{snap}
+			if err := p.Sync(context.Background(), true); err != nil {
+				t.Fatal(err)
+			}
+			// Config.Families has no IPv6: neither does IPVS.
+			if got := p.NodePortIPs(snap, local); !slices.Equal(got, tc.want) {
+				t.Errorf("NodePortIPs = %v, want %v", got, tc.want)
+			}
+			st, err := ipvs.ReadKernel(fipvs, links)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var vsAddrs []netip.Addr
+			for _, vs := range st.VirtualServers {
+				if vs.Key.Port == 30080 {
+					vsAddrs = append(vsAddrs, vs.Key.Addr)
+				}
+			}
+			slices.SortFunc(vsAddrs, netip.Addr.Compare)
+			if !slices.Equal(vsAddrs, tc.want) {
+				t.Errorf("NodePort virtual servers on %v, want %v", vsAddrs, tc.want)
+			}
+			var setAddrs []netip.Addr
+			if s := ipset.Sets["KUBE-NODE-PORT-SCTP-HASH"]; s != nil {
+				for e := range s.Entries {
+					if e.Port == 30080 {
+						setAddrs = append(setAddrs, e.IP)
+					}
+				}
+			}
+			slices.SortFunc(setAddrs, netip.Addr.Compare)
+			if !slices.Equal(setAddrs, tc.want) {
+				t.Errorf("KUBE-NODE-PORT-SCTP-HASH holds %v, want %v", setAddrs, tc.want)
+			}
+		})
+	}
+}
+
+func TestHostPrefixes(t *testing.T) {
+	got := hostPrefixes([]netip.Addr{netip.MustParseAddr("10.0.0.1")})
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("::/128")}
+	if !slices.Equal(got, want) {
+		t.Errorf("hostPrefixes = %v, want %v", got, want)
+	}
+	got = hostPrefixes(nil)
+	want = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}
+	if !slices.Equal(got, want) {
+		t.Errorf("hostPrefixes(nil) = %v, want %v", got, want)
+	}
+}
