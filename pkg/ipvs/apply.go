@@ -36,8 +36,9 @@ var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
 // Exclusion: a virtual server on an address ApplierOptions.Excluded
 // reports (--ipvs-exclude-cidrs) is never deleted nor changed unless the
 // plan wants it, and such an address is never unbound from kube-ipvs0
-// unless the plan binds it. The planner plans nothing there, so in practice
-// they are left alone entirely.
+// unless the plan binds it. As upstream, the planner still plans Services
+// and node addresses there: exclusion only protects what another program
+// made.
 //
 // Graceful termination (with ApplierOptions.GracefulTerminationTimeout): a
 // TCP real server that is no longer wanted, and still has connections, is

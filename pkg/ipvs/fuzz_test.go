@@ -85,7 +85,7 @@ func usable(a netip.Addr) error {
 // timeout, and comes from the Service port and address its fields name;
 // its real servers are sorted, unique, usable endpoints of that port, of
 // the virtual server's family, with a non-zero port and weight 1 (Masq);
-// nothing is planned on an excluded address; the addresses to bind are
+// excluded addresses are planned as any other; the addresses to bind are
 // sorted, unique, and exactly those of the virtual servers to bind;
 // ByService holds every virtual server once, under its Service.
 func ValidateDesired(d *Desired, snap *servicecache.Snapshot, cfg Config) error {
@@ -103,8 +103,8 @@ func ValidateDesired(d *Desired, snap *servicecache.Snapshot, cfg Config) error 
 		fail("node port addresses not sorted and unique: %v", d.NodePortAddresses)
 	}
 	for _, a := range d.NodePortAddresses {
-		if err := usable(a); err != nil || d.Excluded(a) {
-			fail("node port address %s: %v (excluded %v)", a, err, d.Excluded(a))
+		if err := usable(a); err != nil {
+			fail("node port address %s: %v", a, err)
 		}
 	}
 
@@ -173,9 +173,6 @@ func validateVS(vs *VirtualServer, snap *servicecache.Snapshot, d *Desired, loca
 	}
 	if k.Proto != ProtoTCP && k.Proto != ProtoUDP && k.Proto != ProtoSCTP {
 		return fmt.Errorf("protocol %s", k.Proto)
-	}
-	if d.Excluded(k.Addr) {
-		return errors.New("on an excluded address")
 	}
 	if !ValidScheduler(vs.Scheduler) {
 		return fmt.Errorf("scheduler %q", vs.Scheduler)

@@ -25,9 +25,11 @@ type Config struct {
 	// a node address on kube-ipvs0 would take the node's address away with
 	// it when it is later unbound.
 	LocalAddresses []netip.Addr
-	// ExcludeCIDRs (--ipvs-exclude-cidrs): no virtual server is planned on
-	// an address inside one of them (see Excluded), and the applier never
-	// deletes the ones it finds there.
+	// ExcludeCIDRs (--ipvs-exclude-cidrs): as upstream, they only protect
+	// what another program made: the applier never deletes nor unbinds an
+	// unplanned virtual server or address inside one of them (see
+	// Excluded). Services and node addresses there are planned as any
+	// other.
 	ExcludeCIDRs []netip.Prefix
 	// IPv4Only leaves IPv6 out: no IPv6 virtual server is planned, as
 	// upstream runs single-stack IPv4 when ip6tables is not usable (the
@@ -76,7 +78,7 @@ func newPlanner(cfg Config, node *servicecache.Node) planner {
 		ipv4Only:          cfg.IPv4Only,
 		heldMarks:         cfg.HeldMarks,
 	}
-	p.nodeAddrs = p.withoutExcluded(normalizeAddrs(cfg.NodePortAddresses))
+	p.nodeAddrs = normalizeAddrs(cfg.NodePortAddresses)
 	if node != nil {
 		p.node, p.zone = node.Name, node.Zone
 	}
@@ -89,9 +91,9 @@ func newPlanner(cfg Config, node *servicecache.Node) planner {
 	return p
 }
 
-// Excluded reports whether addr lies in one of cfg.ExcludeCIDRs: no virtual
-// server is planned on it, and the applier must neither delete a virtual
-// server found on it nor unbind it from kube-ipvs0.
+// Excluded reports whether addr lies in one of cfg.ExcludeCIDRs: the
+// applier must neither delete a virtual server found on it that the plan
+// does not want nor unbind it from kube-ipvs0 unless the plan binds it.
 func Excluded(cfg Config, addr netip.Addr) bool {
 	return excluded(normalizePrefixes(cfg.ExcludeCIDRs), addr)
 }
@@ -146,16 +148,6 @@ func normalizePrefixes(pfxs []netip.Prefix) []netip.Prefix {
 	}
 	return out
 }
-
-// withoutExcluded drops the excluded addresses, copying only when needed.
-func (p *planner) withoutExcluded(addrs []netip.Addr) []netip.Addr {
-	if !slices.ContainsFunc(addrs, p.isExcluded) {
-		return addrs
-	}
-	return slices.DeleteFunc(slices.Clone(addrs), p.isExcluded)
-}
-
-func (p *planner) isExcluded(a netip.Addr) bool { return excluded(p.exclude, a) }
 
 // normalizeAddrs drops invalid addresses and unmaps IPv4-in-IPv6 ones,
 // copying only when something must change (the usual case is a no-op).
@@ -312,7 +304,7 @@ func (p *planner) otherClaimants(snap *servicecache.Snapshot, planned map[servic
 			mark := len(p.problems)
 			vss := p.service(svc)
 			if !claimsAny(vss, keys) {
-				p.problems = p.problems[:mark] // an address of another family, or excluded
+				p.problems = p.problems[:mark] // an address of another family
 				continue
 			}
 			planned[svc.Key] = vss
@@ -381,8 +373,8 @@ func (p *planner) count(svc *servicecache.Service) int {
 // service builds the virtual servers of svc: one per cluster IP, external IP
 // and load-balancer IP of each port, and one per node address for a
 // NodePort. Addresses of a family the Service has no cluster IP of are
-// skipped, as upstream's per-family proxiers never see them, and so are
-// excluded addresses. Problems with svc are appended to p.problems.
+// skipped, as upstream's per-family proxiers never see them. Problems with
+// svc are appended to p.problems.
 func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 	if svc == nil {
 		return nil
@@ -406,7 +398,6 @@ func (p *planner) service(svc *servicecache.Service) []*VirtualServer {
 		out:     make([]*VirtualServer, 0, n),
 		has4:    has4,
 		has6:    has6,
-		exclude: p.exclude,
 	}
 	// One buffer holds the real servers of every port: each endpoint is
 	// taken at most once per category (cluster, local) a port uses.
@@ -478,12 +469,11 @@ type vsBuilder struct {
 	tmpl       VirtualServer
 	sel        portSelection
 	has4, has6 bool
-	exclude    []netip.Prefix
 }
 
 func (b *vsBuilder) add(ip netip.Addr, port uint16, kind Kind, bind bool) {
 	ip = ip.Unmap()
-	if !usableAddr(ip) || (ip.Is4() && !b.has4) || (ip.Is6() && !b.has6) || excluded(b.exclude, ip) {
+	if !usableAddr(ip) || (ip.Is4() && !b.has4) || (ip.Is6() && !b.has6) {
 		return
 	}
 	vs := b.tmpl

@@ -500,8 +500,9 @@ func TestPlanGolden(t *testing.T) {
 		),
 		cfg: Config{NodePortAddresses: ips("192.168.1.10")},
 	}, {
-		// Nothing is planned on an excluded address: cluster, external,
-		// load-balancer IPs nor node addresses.
+		// As upstream, exclusion does not stop planning: cluster,
+		// external, load-balancer IPs and node addresses inside the
+		// excluded CIDRs are planned as any other.
 		name: "exclude-cidrs",
 		cfg: Config{
 			NodePortAddresses: nodeAddrs,
@@ -822,13 +823,13 @@ func TestExcluded(t *testing.T) {
 	}
 }
 
-// TestPlanNodeAddressesExcluded: an excluded node address is not a node
-// port address of the plan, so the applier does not own what is on it.
+// TestPlanNodeAddressesExcluded: an excluded node address stays a node
+// port address of the plan (upstream programs NodePorts there too).
 func TestPlanNodeAddressesExcluded(t *testing.T) {
 	nodeAddrs := ips("192.168.1.10", "192.168.2.10")
 	cfg := Config{NodePortAddresses: nodeAddrs, ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("192.168.2.0/24")}}
 	d := Plan(snapshot(), cfg)
-	if !slices.Equal(d.NodePortAddresses, ips("192.168.1.10")) {
+	if !slices.Equal(d.NodePortAddresses, ips("192.168.1.10", "192.168.2.10")) {
 		t.Errorf("NodePortAddresses %v", d.NodePortAddresses)
 	}
 	if !slices.Equal(nodeAddrs, ips("192.168.1.10", "192.168.2.10")) {
