@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -31,9 +32,10 @@ type listenFunc func(ctx context.Context, network, address string) (net.Listener
 // loop calls SyncServices then SyncEndpoints after each sync.
 type ServiceHealthServer struct {
 	nodeName string
-	// addrs are the addresses each port listens on; empty means every
-	// address of both families (":port").
+	// addrs are the addresses each port listens on, unless all: every
+	// address of both families (":port"). Guarded by mu.
 	addrs        []netip.Addr
+	all          bool
 	proxyHealthy func() bool
 	listen       listenFunc
 
@@ -52,18 +54,20 @@ type ServiceHealthServer struct {
 
 // hcInstance is the health check of one Service.
 type hcInstance struct {
-	key       servicecache.ServiceKey
-	port      uint16
-	servers   []*http.Server
+	key     servicecache.ServiceKey
+	port    uint16
+	servers []*http.Server
+	// listeners are closed with the servers too: a server closed before
+	// its goroutine got to Serve would close its listener only later, and
+	// the port could not be opened again at once.
+	listeners []net.Listener
 	endpoints int // local ready endpoints, as upstream
 }
 
 // NewServiceHealthServer returns a server with no port open yet.
 //
-// addrs are the addresses the health check node ports listen on. As
-// upstream, pass the node's addresses that match --nodeport-addresses when
-// that flag is set, and nil otherwise: every port then listens on all
-// addresses of both families. proxyHealthy is the proxy's own health
+// addrs are the addresses the health check node ports listen on until
+// SetAddresses says otherwise; nil: all addresses of both families. proxyHealthy is the proxy's own health
 // (ProxyHealthServer.Health().Healthy, upstream's serviceProxyHealthy): while
 // it is false every port answers 503 whatever its endpoints. nil counts as
 // always healthy.
@@ -76,20 +80,60 @@ func newServiceHealthServer(nodeName string, addrs []netip.Addr, proxyHealthy fu
 	if proxyHealthy == nil {
 		proxyHealthy = func() bool { return true }
 	}
+	own := ownAddrs(addrs)
+	return &ServiceHealthServer{
+		nodeName:     nodeName,
+		addrs:        own,
+		all:          len(own) == 0,
+		proxyHealthy: proxyHealthy,
+		listen:       listen,
+		services:     make(map[servicecache.ServiceKey]*hcInstance),
+		counts:       make(map[servicecache.ServiceKey]int),
+		failed:       make(map[servicecache.ServiceKey]string),
+	}
+}
+
+func ownAddrs(addrs []netip.Addr) []netip.Addr {
 	own := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {
 		if a.IsValid() {
 			own = append(own, a.Unmap())
 		}
 	}
-	return &ServiceHealthServer{
-		nodeName:     nodeName,
-		addrs:        own,
-		proxyHealthy: proxyHealthy,
-		listen:       listen,
-		services:     make(map[servicecache.ServiceKey]*hcInstance),
-		counts:       make(map[servicecache.ServiceKey]int),
-		failed:       make(map[servicecache.ServiceKey]string),
+	return own
+}
+
+// SetAddresses changes where the ports listen: on addrs (an unspecified
+// address, 0.0.0.0 or ::, is every address of its family; none: nowhere),
+// or with all on every address of both families. The proxy calls it on
+// every sync with --nodeport-addresses resolved against the host's current
+// addresses and the Node's primary IPs (servicecache
+// NodePortAddresses.HealthCheckAddrs). When they change, every open port
+// is closed and opened again on the new addresses; one that cannot be is
+// retried by the next SyncServices.
+func (hs *ServiceHealthServer) SetAddresses(addrs []netip.Addr, all bool) {
+	own := ownAddrs(addrs)
+	if all {
+		own = own[:0]
+	}
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if all == hs.all && slices.Equal(own, hs.addrs) {
+		return
+	}
+	klog.InfoS("Health check node ports now listen on other addresses", "node", hs.nodeName, "addresses", fmt.Sprint(own), "all", all)
+	hs.addrs, hs.all = own, all
+	for key, inst := range hs.services {
+		hs.closeInstance(inst)
+		reopened := &hcInstance{key: key, port: inst.port, endpoints: inst.endpoints}
+		if err := hs.openInstance(reopened); err != nil {
+			klog.ErrorS(err, "Failed to open the health check node port on the new addresses; retrying on every sync",
+				"node", hs.nodeName, "service", key, "port", inst.port)
+			hs.failed[key] = err.Error()
+			delete(hs.services, key)
+			continue
+		}
+		hs.services[key] = reopened
 	}
 }
 
@@ -179,7 +223,7 @@ func (hs *ServiceHealthServer) Close() {
 // listenAddrs returns the network and addresses a port listens on.
 func (hs *ServiceHealthServer) listenAddrs(port uint16) [][2]string {
 	p := strconv.Itoa(int(port))
-	if len(hs.addrs) == 0 {
+	if hs.all {
 		// Both families at once where the host has IPv6, else IPv4.
 		return [][2]string{{"tcp", net.JoinHostPort("", p)}}
 	}
@@ -209,6 +253,7 @@ func (hs *ServiceHealthServer) openInstance(inst *hcInstance) error {
 		}
 		lns = append(lns, ln)
 	}
+	inst.listeners = lns
 	for _, ln := range lns {
 		srv := &http.Server{
 			Handler:           handler,
@@ -233,7 +278,12 @@ func (hs *ServiceHealthServer) closeInstance(inst *hcInstance) {
 			klog.ErrorS(err, "Closing health check node port", "service", inst.key, "port", inst.port)
 		}
 	}
-	inst.servers = nil
+	for _, ln := range inst.listeners {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			klog.ErrorS(err, "Closing health check node port listener", "service", inst.key, "port", inst.port)
+		}
+	}
+	inst.servers, inst.listeners = nil, nil
 }
 
 // ServiceHealth is the JSON body of a health check node port, identical to

@@ -510,3 +510,42 @@ func TestSyncServicesRealListeners(t *testing.T) {
 		}
 	}
 }
+
+// SetAddresses moves the open ports to the new addresses, keeping their
+// endpoint counts; the same addresses again change nothing.
+func TestSetAddressesReopens(t *testing.T) {
+	fl := newFakeListen()
+	hs := newServiceHealthServer("n1", nil, nil, fl.listen)
+	t.Cleanup(hs.Close)
+	hs.SyncServices(map[servicecache.ServiceKey]uint16{svcA: 30001})
+	hs.SyncEndpoints(map[servicecache.ServiceKey]int{svcA: 2})
+	if got, want := fl.takeCalls(), []string{"tcp :30001"}; !slices.Equal(got, want) {
+		t.Fatalf("listen calls = %v, want %v", got, want)
+	}
+
+	tests := []struct {
+		name  string
+		addrs []netip.Addr
+		all   bool
+		want  []string
+	}{
+		{name: "node addresses", addrs: []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("::")},
+			want: []string{"tcp4 172.30.0.11:30001", "tcp6 [::]:30001"}},
+		{name: "same again", addrs: []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("::")}},
+		{name: "another address", addrs: []netip.Addr{netip.MustParseAddr("172.30.0.12")}, want: []string{"tcp4 172.30.0.12:30001"}},
+		{name: "nowhere", addrs: nil},
+		{name: "all", all: true, want: []string{"tcp :30001"}},
+	}
+	for _, tc := range tests {
+		hs.SetAddresses(tc.addrs, tc.all)
+		if got := fl.takeCalls(); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: listen calls = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if !fl.isClosed("172.30.0.12:30001") {
+		t.Error("the port on the old address is still open")
+	}
+	if code, w, _ := get(t, fl.url(t, ":30001")); code != http.StatusOK || w != "2" {
+		t.Errorf("reopened port: %d weight %s, want 200 with 2 endpoints", code, w)
+	}
+}

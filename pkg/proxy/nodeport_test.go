@@ -108,3 +108,62 @@ func TestHostPrefixes(t *testing.T) {
 		t.Errorf("hostPrefixes(nil) = %v, want %v", got, want)
 	}
 }
+
+type addrHealth struct {
+	addrs []netip.Addr
+	all   bool
+	calls int
+}
+
+func (h *addrHealth) SyncServices(map[servicecache.ServiceKey]uint16) {}
+func (h *addrHealth) SyncEndpoints(map[servicecache.ServiceKey]int)   {}
+func (h *addrHealth) SetAddresses(addrs []netip.Addr, all bool) {
+	h.addrs, h.all = addrs, all
+	h.calls++
+}
+
+// TestHealthCheckAddresses: the health check node ports are told every
+// sync where to listen, from the same --nodeport-addresses resolution as
+// the NodePorts.
+func TestHealthCheckAddresses(t *testing.T) {
+	n := servicecache.Node{Name: "node1", Addresses: []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}}
+	local := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}
+	v4, dual := []iptables.Family{iptables.IPv4}, []iptables.Family{iptables.IPv4, iptables.IPv6}
+	tests := []struct {
+		name     string
+		flag     []string
+		families []iptables.Family
+		want     []netip.Addr
+		wantAll  bool
+	}{
+		{name: "empty, dual-stack: all", families: dual, wantAll: true},
+		{name: "empty, IPv4 only: 0.0.0.0", families: v4, want: []netip.Addr{netip.IPv4Unspecified()}},
+		{name: "primary, dual-stack", flag: []string{"primary"}, families: dual,
+			want: []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}},
+		{name: "primary, IPv4 only", flag: []string{"primary"}, families: v4, want: []netip.Addr{netip.MustParseAddr("172.30.0.11")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			npa, err := servicecache.ParseNodePortAddresses(tc.flag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log := &ipvs.FakeLog{}
+			h := &addrHealth{}
+			tables := map[iptables.Family]iptables.Tables{}
+			for _, f := range tc.families {
+				tables[f] = iptables.NewFakeTables()
+			}
+			snaps := &snapshots{queue: []*servicecache.Snapshot{{Node: n}}}
+			p := New(Config{Families: tc.families, NodePortAddresses: npa},
+				snaps, func() ([]netip.Addr, error) { return local, nil }, ipvs.NewApplier(ipvs.NewFakeIPVS(log), ipvs.NewFakeLinks(log)),
+				&iptables.Applier{IPSet: iptables.NewFakeIPSet(), Tables: tables}, &healthRecorder{}, Options{ServiceHealth: h})
+			if err := p.Sync(context.Background(), true); err != nil {
+				t.Fatal(err)
+			}
+			if h.calls != 1 || h.all != tc.wantAll || !slices.Equal(h.addrs, tc.want) {
+				t.Errorf("SetAddresses(%v, %v) after %d calls, want (%v, %v) once", h.addrs, h.all, h.calls, tc.want, tc.wantAll)
+			}
+		})
+	}
+}

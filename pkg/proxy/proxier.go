@@ -66,6 +66,13 @@ type ServiceHealth interface {
 	SyncEndpoints(counts map[servicecache.ServiceKey]int)
 }
 
+// ServiceHealthAddresses is a ServiceHealth told where to listen
+// (ServiceHealthServer.SetAddresses): every sync, before SyncServices, with
+// --nodeport-addresses resolved as for the NodePorts.
+type ServiceHealthAddresses interface {
+	SetAddresses(addrs []netip.Addr, all bool)
+}
+
 // Options are the proxier's optional parts.
 type Options struct {
 	// ServiceHealth, when set, is told about health check node ports.
@@ -160,6 +167,21 @@ func (p *Proxier) NodePortIPs(snap *servicecache.Snapshot, local []netip.Addr) [
 		out = slices.DeleteFunc(out, netip.Addr.Is6)
 	}
 	return out
+}
+
+// healthCheckAddrs is where the health check node ports listen: as
+// upstream, on the NodePort addresses of a family whose
+// --nodeport-addresses does not match all of its addresses, else on all of
+// them; on IPv4 alone when IPVS is (ipv4Only).
+func (p *Proxier) healthCheckAddrs(snap *servicecache.Snapshot, local []netip.Addr) ([]netip.Addr, bool) {
+	addrs, all := p.cfg.NodePortAddresses.HealthCheckAddrs(snap.Node.PrimaryIPs(), local)
+	if !p.ipv4Only() {
+		return addrs, all
+	}
+	if all {
+		return []netip.Addr{netip.IPv4Unspecified()}, false
+	}
+	return slices.DeleteFunc(addrs, netip.Addr.Is6), false
 }
 
 // ipv4Only: without IPv6 iptables/ipsets (ip6tables unusable, or IPv6 off
@@ -261,6 +283,9 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	ipvsTook := time.Since(phase)
 	phase = time.Now()
 	if p.opts.ServiceHealth != nil {
+		if sa, ok := p.opts.ServiceHealth.(ServiceHealthAddresses); ok {
+			sa.SetAddresses(p.healthCheckAddrs(snap, local))
+		}
 		ports, counts := healthcheck.LocalEndpointCounts(snap)
 		p.opts.ServiceHealth.SyncServices(ports)
 		p.opts.ServiceHealth.SyncEndpoints(counts)

@@ -99,18 +99,7 @@ func (n NodePortAddresses) NodePortIPs(primary, local []netip.Addr) []netip.Addr
 	prefixes := n.Expand(primary)
 	var out []netip.Addr
 	for _, is4 := range []bool{true, false} {
-		var fam []netip.Prefix
-		matchAll := true
-		for _, p := range prefixes {
-			if p.Addr().Unmap().Is4() != is4 {
-				continue
-			}
-			if p.Bits() == 0 {
-				fam, matchAll = nil, true
-				break
-			}
-			fam, matchAll = append(fam, p), false
-		}
+		fam, matchAll := familyPrefixes(prefixes, is4)
 		for _, a := range local {
 			a = a.Unmap().WithZone("")
 			if !a.IsValid() || a.Is4() != is4 || a.IsLoopback() {
@@ -128,6 +117,48 @@ func (n NodePortAddresses) NodePortIPs(primary, local []netip.Addr) []netip.Addr
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// HealthCheckAddrs returns where health check node ports listen, as
+// upstream's service health server: a family whose prefixes match all of
+// its addresses (see NodePortIPs) listens on its unspecified address
+// (0.0.0.0 or ::), any other on its NodePortIPs, none if it has none. all
+// is set when both families match all: one listener for both then.
+func (n NodePortAddresses) HealthCheckAddrs(primary, local []netip.Addr) (addrs []netip.Addr, all bool) {
+	prefixes := n.Expand(primary)
+	_, all4 := familyPrefixes(prefixes, true)
+	_, all6 := familyPrefixes(prefixes, false)
+	if all4 && all6 {
+		return nil, true
+	}
+	if all4 {
+		addrs = append(addrs, netip.IPv4Unspecified())
+	}
+	if all6 {
+		addrs = append(addrs, netip.IPv6Unspecified())
+	}
+	for _, a := range n.NodePortIPs(primary, local) {
+		if (a.Is4() && !all4) || (a.Is6() && !all6) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs, false
+}
+
+// familyPrefixes returns the prefixes of one family, and whether they
+// match all of its addresses: none given, or a zero-length one (kube-proxy
+// adds 0.0.0.0/0 or ::/0 to a family with no CIDR).
+func familyPrefixes(prefixes []netip.Prefix, is4 bool) (fam []netip.Prefix, matchAll bool) {
+	for _, p := range prefixes {
+		if p.Addr().Unmap().Is4() != is4 {
+			continue
+		}
+		if p.Bits() == 0 {
+			return nil, true
+		}
+		fam = append(fam, p)
+	}
+	return fam, len(fam) == 0
 }
 
 func containedIn(a netip.Addr, prefixes []netip.Prefix) bool {

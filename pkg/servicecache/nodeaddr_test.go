@@ -194,3 +194,38 @@ func containsAll(have, want []netip.Addr) bool {
 	}
 	return true
 }
+
+func TestHealthCheckAddrs(t *testing.T) {
+	local := nodeAddrs("127.0.0.1", "10.0.0.10", "192.168.1.10", "::1", "fd00::10", "fe80::2")
+	primary := nodeAddrs("192.168.1.10", "fd00::10")
+	tests := []struct {
+		name    string
+		flag    []string
+		primary []netip.Addr
+		want    []netip.Addr
+		wantAll bool
+	}{
+		{name: "empty: all", wantAll: true},
+		{name: "all keyword", flag: []string{"all"}, wantAll: true},
+		{name: "zero prefixes", flag: []string{"0.0.0.0/0", "::/0"}, wantAll: true},
+		{name: "primary dual-stack", flag: []string{"primary"}, primary: primary, want: nodeAddrs("192.168.1.10", "fd00::10")},
+		{name: "primary single-stack: ipv6 all", flag: []string{"primary"}, primary: nodeAddrs("192.168.1.10"),
+			want: nodeAddrs("::", "192.168.1.10")},
+		{name: "ipv4 cidr: ipv6 all", flag: []string{"10.0.0.0/8"}, want: nodeAddrs("::", "10.0.0.10")},
+		{name: "ipv6 zero, ipv4 cidr", flag: []string{"::/0", "192.168.0.0/16"}, want: nodeAddrs("::", "192.168.1.10")},
+		{name: "ipv4 all, ipv6 cidr", flag: []string{"fd00::/8"}, want: nodeAddrs("0.0.0.0", "fd00::10")},
+		{name: "matching nothing: no address", flag: []string{"172.16.0.0/12", "2001:db8::/32"}, want: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			spec, err := ParseNodePortAddresses(tc.flag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, all := spec.HealthCheckAddrs(tc.primary, local)
+			if all != tc.wantAll || !slices.Equal(got, tc.want) {
+				t.Errorf("HealthCheckAddrs = %v, %v; want %v, %v", got, all, tc.want, tc.wantAll)
+			}
+		})
+	}
+}

@@ -139,6 +139,10 @@ func Run(ctx context.Context, o *Options) error {
 		scheduler = ipvs.DefaultScheduler
 	}
 
+	// Every sync moves the health check node ports to the addresses
+	// --nodeport-addresses resolves to (SetAddresses): the primary IPs come
+	// from the Node object, which is only known once the caches sync, and
+	// the host's addresses may change.
 	svcHealth := healthcheck.NewServiceHealthServer(nodeName, nil, func() bool { return health.Health().Healthy })
 	defer svcHealth.Close()
 	applier := ipvs.NewApplierWithOptions(kipvs, ipvs.NewKernelLinks(ipvs.DummyLinkName), ipvs.ApplierOptions{
