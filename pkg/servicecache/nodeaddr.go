@@ -8,8 +8,10 @@ import (
 )
 
 // The node-address policy: which of the Node's addresses are its primary
-// IPs and which serve NodePorts. It lives beside Node, whose address order
-// it depends on; the planners receive its results.
+// IPs, and which of the host's addresses serve NodePorts and health check
+// node ports. It lives beside Node, whose address order "primary" depends
+// on; the host's addresses come in as data, and the planners receive its
+// results.
 
 // Keywords of --nodeport-addresses, as kube-proxy's.
 const (
@@ -27,7 +29,7 @@ type NodePortAddresses struct {
 }
 
 // IsZero reports an empty --nodeport-addresses, which means all of the
-// node's addresses.
+// host's addresses.
 func (n NodePortAddresses) IsZero() bool { return len(n.Prefixes) == 0 && !n.Primary }
 
 // ParseNodePortAddresses parses --nodeport-addresses values: CIDRs and the
