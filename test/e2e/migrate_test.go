@@ -98,8 +98,8 @@ func TestSwitchBetweenProxies(t *testing.T) {
 
 // serviceLines keeps the virtual server and set entry lines of ownedState,
 // without the NodePort virtual servers on pod gateway addresses (10.244.*):
-// kube-proxy serves NodePorts on every local address, ours on the node's
-// addresses only, and removes kube-proxy's others when it takes over.
+// both proxies serve NodePorts on every host address, and the gateways
+// come and go with the pods, so they are left out of the comparison.
 func serviceLines(state string) string {
 	var b strings.Builder
 	for _, l := range strings.Split(state, "\n") {
