@@ -26,12 +26,12 @@ var ErrNotReconciled = errors.New("ipvs: no full reconcile has run yet")
 // for a few changed Services against the state kept in memory, without
 // reading the kernel.
 //
-// Ownership: the applier only touches virtual servers on addresses it
-// manages, which are the addresses on kube-ipvs0, the addresses it is asked
-// to bind or put virtual servers on, and the NodePort addresses, plus the
-// virtual servers on the host's other addresses with a port in the NodePort
-// range (Desired.LocalAddresses). Any other virtual server in the kernel
-// (another program's) is left alone.
+// Ownership: the applier only touches the virtual servers on the addresses
+// bound to kube-ipvs0 (or to be bound), the ones the plan wants, the ones on
+// the host's addresses (NodePort addresses and Desired.LocalAddresses) with
+// a port in the NodePort range, its firewall-mark ones, and the ones it made
+// or saw as its own. Any other virtual server in the kernel (another
+// program's, on a host address too) is left alone.
 //
 // Exclusion: a virtual server on an address ApplierOptions.Excluded
 // reports (--ipvs-exclude-cidrs) is never deleted nor changed unless the
@@ -159,28 +159,33 @@ func (a *Applier) Reconcile(d *Desired) error {
 		}
 	}
 
-	owned := make(map[netip.Addr]struct{}, len(kernel.Addresses)+len(d.Addresses)+len(d.NodePortAddresses))
-	for _, list := range [][]netip.Addr{kernel.Addresses, d.Addresses, d.NodePortAddresses} {
+	// Ours: every server on an address bound to kube-ipvs0; on the host's
+	// own addresses (NodePorts are served on all of them, where other
+	// tools have servers too) only the servers the plan wants and those in
+	// the NodePort range; and those the applier made or saw as its own.
+	bound := make(map[netip.Addr]struct{}, len(kernel.Addresses)+len(d.Addresses))
+	for _, list := range [][]netip.Addr{kernel.Addresses, d.Addresses} {
 		for _, addr := range list {
-			owned[addr] = struct{}{}
+			bound[addr] = struct{}{}
 		}
 	}
-	for key := range d.VirtualServers {
-		// Also covers external IPs that are node addresses, never bound.
-		owned[key.Addr] = struct{}{}
-	}
 	obs := &State{VirtualServers: make(map[VSKey]*VirtualServer, len(d.VirtualServers)), Addresses: kernel.Addresses}
-	local := make(map[netip.Addr]struct{}, len(d.LocalAddresses))
-	for _, addr := range d.LocalAddresses {
-		local[addr.Unmap()] = struct{}{}
+	nodePort := make(map[netip.Addr]struct{}, len(d.LocalAddresses)+len(d.NodePortAddresses))
+	for _, list := range [][]netip.Addr{d.LocalAddresses, d.NodePortAddresses} {
+		for _, addr := range list {
+			nodePort[addr.Unmap()] = struct{}{}
+		}
 	}
 	var others uint64 // the digest of the servers of others
 	for key, vs := range kernel.VirtualServers {
-		_, mine := owned[key.Addr]
+		_, mine := bound[key.Addr]
 		if key.FWMark != 0 {
 			mine = ownedKey(key) // never by address: 0.0.0.0 is everyone's
 		}
-		if _, isLocal := local[key.Addr]; isLocal && DefaultNodePortRange.Contains(key.Port) {
+		if d.VirtualServers[key] != nil {
+			mine = true // also external IPs that are host addresses, never bound
+		}
+		if _, isHost := nodePort[key.Addr]; isHost && DefaultNodePortRange.Contains(key.Port) {
 			mine = true // a NodePort virtual server (see Desired.LocalAddresses)
 		}
 		if mine || a.observed[key] != nil {

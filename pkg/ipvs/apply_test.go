@@ -495,6 +495,34 @@ func TestApplierRemovesNodePortServersOnOtherLocalAddresses(t *testing.T) {
 	r.checkKernel(t, &d.State, keep[0].Key, keep[1].Key)
 }
 
+// NodePorts are served on every host address, and other tools put
+// virtual servers on host addresses too: one outside the NodePort range on
+// an address that also serves NodePorts is not ours and stays.
+func TestApplierLeavesForeignServersOnNodePortAddresses(t *testing.T) {
+	r := newRig(Config{NodePortAddresses: ips("192.168.1.10", "192.0.2.60"), LocalAddresses: ips("192.168.1.10", "192.0.2.60")})
+	foreign := []*VirtualServer{vs("192.0.2.60:80/TCP", "10.1.0.1:80"), vs("192.168.1.10:443/UDP", "10.1.0.2:443")}
+	for _, f := range foreign {
+		r.ipvs.Put(f)
+	}
+	stale := vs("192.0.2.60:31000/TCP", "10.244.9.9:80")
+	r.ipvs.Put(stale)
+	snap := snapshot(svc("default", "web", ips("10.96.0.10"), port("http", v1.ProtocolTCP, 80, 30080, ep("10.244.1.2", 8080, "ready"))))
+	d := r.reconcile(t, snap)
+	k := r.kernel(t)
+	if k.VirtualServers[stale.Key] != nil {
+		t.Errorf("the stale NodePort server %s is still there", stale.Key)
+	}
+	for _, f := range foreign {
+		if k.VirtualServers[f.Key] == nil {
+			t.Errorf("the foreign server %s was removed", f.Key)
+		}
+	}
+	if d.VirtualServers[VSKey{Addr: ip("192.0.2.60"), Port: 30080, Proto: ProtoTCP}] == nil {
+		t.Fatalf("no NodePort server planned on 192.0.2.60:\n%s", d.Dump())
+	}
+	r.checkKernel(t, &d.State, foreign[0].Key, foreign[1].Key)
+}
+
 // The kernel's service dump can miss a server when another namespace's
 // servers change during it. A Service deleted on such a read must not leave
 // its server behind with its address unbound (no longer recognisable as
