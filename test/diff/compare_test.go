@@ -166,3 +166,33 @@ func TestRepositoryAllowlist(t *testing.T) {
 		}
 	}
 }
+
+// TestRepositoryAllowlistMatches pins what the seeded entries explain, and
+// that they explain nothing else of the same kind.
+func TestRepositoryAllowlistMatches(t *testing.T) {
+	al, err := LoadAllowlist(filepath.Join("..", "..", "docs", "fidelity-allowlist.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		d    Difference
+		want []string
+	}{
+		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-a -t 172.30.0.12:30080 -r 10.244.1.5:8000 -m -w 1 # svc=s/p0 kind=nodeport etp=Local itp=Cluster local=0"}}, []string{"etp-local-no-fallback"}},
+		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-a -t 172.30.0.12:30080 -r 10.244.1.5:8000 -m -w 1 # svc=s/p0 kind=nodeport etp=Local itp=Cluster local=1"}}, nil},
+		{Difference{Node: "node1", Section: "ipvs", Upstream: []string{"-a -t 10.96.3.4:80 -r 10.244.2.5:8000 -m -w 1 # svc=s/p0 kind=cluster etp=Cluster itp=Local local=0"}}, []string{"itp-local-no-fallback"}},
+		{Difference{Node: "node1", Section: "ipvs", Ours: []string{"-A -f 1073807360 -s rr", "-a -f 1073807360 -r 10.244.2.5:0 -m -w 1"}}, []string{"etp-local-inside-fwmark-ipvs"}},
+		{Difference{Node: "node1", Section: "ipset", Ours: []string{"create KUBE-6-EXTERNAL-LOCAL-MARK hash:ip,port family inet6 hashsize 1024 maxelem 65536 skbinfo"}}, []string{"etp-local-inside-ipset"}},
+		{Difference{Node: "node1", Section: "iptables", Ours: []string{"*mangle :KUBE-EXTERNAL-LOCAL-MARK -", "*mangle :PREROUTING ACCEPT", "*mangle -A PREROUTING -m comment -j KUBE-EXTERNAL-LOCAL-MARK"}}, []string{"etp-local-inside-iptables"}},
+		{Difference{Node: "node1", Section: "iptables", Ours: []string{"*nat -A KUBE-SERVICES -j KUBE-EXTERNAL-LOCAL-MARK"}}, nil},
+		{Difference{Node: "node1", Section: "ipvs", Upstream: []string{"-A -t 172.30.0.11:80 -s rr # svc=s/p0 kind=external etp=Cluster itp=Cluster local=0"}}, []string{"external-ip-is-node-address-ipvs"}},
+		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-A -t 172.30.0.11:80 -s rr # svc=s/p0 kind=external etp=Cluster itp=Cluster local=0"}}, nil},
+	}
+	for _, tt := range tests {
+		ds := []Difference{tt.d}
+		al.Classify(ds)
+		if !reflect.DeepEqual(ds[0].Allowed, tt.want) {
+			t.Errorf("%+v: allowed %v, want %v", tt.d, ds[0].Allowed, tt.want)
+		}
+	}
+}
