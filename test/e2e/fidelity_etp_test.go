@@ -79,12 +79,14 @@ func TestExternalTrafficPolicyLocalFromInside(t *testing.T) {
 	for _, vip := range []string{lbVIP, extVIP, nodePort(with, "lb"), nodePort(with, "np")} {
 		extWaitVS(t, with, "TCP", vip, pod)
 	}
+	// One mark per Service port: the load balancer's addresses share
+	// one, the other Service's node port has its own.
 	fidWaitMarked(t, without, []string{
 		fidLBIP + ",tcp:80",
 		fidExternalIP + ",tcp:80",
 		fmt.Sprintf("%s,tcp:%d", extNodeAddr(without), app.nodePort("lb")),
-		fmt.Sprintf("%s,tcp:%d", extNodeAddr(without), app.nodePort("np")),
 	}, pod)
+	fidWaitMarked(t, without, []string{fmt.Sprintf("%s,tcp:%d", extNodeAddr(without), app.nodePort("np"))}, pod)
 	requireRule(t, without, "mangle", "PREROUTING", "-j "+fidMarkSet)
 	requireRule(t, without, "mangle", "OUTPUT", "-j "+fidMarkSet)
 	requireRule(t, without, "mangle", fidMarkSet, "--src-type LOCAL", "--match-set "+fidMarkSet+" dst,dst", "--map-mark")
