@@ -315,7 +315,7 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 		NotLocal:          p.notLocal(snap.Node),
 		NodePortAddresses: hostPrefixes(nodePortIPs),
 		LocalAddresses:    local,
-		NodeIPs:           primaryIPs(snap.Node.Addresses),
+		NodeIPs:           snap.Node.PrimaryIPs(),
 		// The marks of the firewall-mark virtual servers IPVS now has,
 		// whether this sync's IPVS part succeeded or not.
 		ExternalLocalMarks: markEntries(p.ipvs.MarkEntries()),
@@ -500,21 +500,6 @@ func v1IPFamily(f iptables.Family) v1.IPFamily {
 		return v1.IPv6Protocol
 	}
 	return v1.IPv4Protocol
-}
-
-// primaryIPs returns the first address of each family.
-func primaryIPs(addrs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	var v4, v6 bool
-	for _, a := range addrs {
-		switch {
-		case a.Is4() && !v4:
-			out, v4 = append(out, a), true
-		case a.Is6() && !v6:
-			out, v6 = append(out, a), true
-		}
-	}
-	return out
 }
 
 // hostPrefixes turns the NodePort addresses into the iptables planner's
