@@ -179,6 +179,7 @@ func TestRepositoryAllowlistMatches(t *testing.T) {
 		want []string
 	}{
 		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-a -t 172.30.0.12:30080 -r 10.244.1.5:8000 -m -w 1 # svc=s/p0 kind=nodeport etp=Local itp=Cluster local=0"}}, []string{"etp-local-no-fallback"}},
+		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-a --sctp-service 198.51.100.141:443 -r 10.244.1.108:8000 -m -w 1 # svc=s/p0 kind=lb etp=Local itp=Cluster local=0 src=unset"}}, []string{"etp-local-no-fallback"}},
 		{Difference{Node: "node2", Section: "ipvs", Upstream: []string{"-a -t 172.30.0.12:30080 -r 10.244.1.5:8000 -m -w 1 # svc=s/p0 kind=nodeport etp=Local itp=Cluster local=1"}}, nil},
 		{Difference{Node: "node1", Section: "ipvs", Upstream: []string{"-a -t 10.96.3.4:80 -r 10.244.2.5:8000 -m -w 1 # svc=s/p0 kind=cluster etp=Cluster itp=Local local=0"}}, []string{"itp-local-no-fallback"}},
 		{Difference{Node: "node1", Section: "ipvs", Ours: []string{"-A -f 1073807360 -s rr", "-a -f 1073807360 -r 10.244.2.5:0 -m -w 1"}}, []string{"etp-local-inside-fwmark-ipvs"}},
