@@ -36,22 +36,23 @@ var _ Links = (*KernelLinks)(nil)
 // NewKernelLinks manages the dummy link called name (DummyLinkName).
 func NewKernelLinks(name string) *KernelLinks { return &KernelLinks{name: name} }
 
-// handle returns the kept rtnetlink socket, opening it on first use.
-// Callers hold l.mu.
-func (l *KernelLinks) handle() (*netlink.Handle, error) {
-	if l.h != nil {
-		return l.h, nil
+// locked runs op under l.mu with the kept rtnetlink socket, opened on
+// first use.
+func (l *KernelLinks) locked(op func(*netlink.Handle) error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.h == nil {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("opening an rtnetlink socket: %w", err)
+		}
+		if err := h.SetSocketTimeout(linkSocketTimeout); err != nil {
+			h.Close()
+			return fmt.Errorf("setting the rtnetlink socket timeout: %w", err)
+		}
+		l.h = h
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("opening an rtnetlink socket: %w", err)
-	}
-	if err := h.SetSocketTimeout(linkSocketTimeout); err != nil {
-		h.Close()
-		return nil, fmt.Errorf("setting the rtnetlink socket timeout: %w", err)
-	}
-	l.h = h
-	return h, nil
+	return op(l.h)
 }
 
 // EnsureLink is `ip link add kube-ipvs0 type dummy`. The link is left down,
@@ -60,30 +61,26 @@ func (l *KernelLinks) handle() (*netlink.Handle, error) {
 // is NOARP, which skips duplicate address detection), and a down link gets
 // no routes of its own.
 func (l *KernelLinks) EnsureLink() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	l.link = nil
-	_, err = h.LinkByName(l.name)
-	if err == nil {
+	return l.locked(func(h *netlink.Handle) error {
+		l.link = nil
+		_, err := h.LinkByName(l.name)
+		if err == nil {
+			return nil
+		}
+		if !errors.As(err, new(netlink.LinkNotFoundError)) {
+			return fmt.Errorf("look up link %s: %w", l.name, err)
+		}
+		if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.name}}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("ip link add %s type dummy: %w", l.name, err)
+		}
 		return nil
-	}
-	if !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return fmt.Errorf("look up link %s: %w", l.name, err)
-	}
-	if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.name}}); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("ip link add %s type dummy: %w", l.name, err)
-	}
-	return nil
+	})
 }
 
 // lookup returns the link, looked up once and then kept until an
 // operation finds it gone (ENODEV: deleted, perhaps re-created under
 // another index). A missing link gives an error wrapping fs.ErrNotExist.
-// Callers hold l.mu.
+// Callers hold l.mu (locked).
 func (l *KernelLinks) lookup(h *netlink.Handle) (netlink.Link, error) {
 	if l.link != nil {
 		return l.link, nil
@@ -102,73 +99,65 @@ func (l *KernelLinks) lookup(h *netlink.Handle) (netlink.Link, error) {
 // withLink runs op on the link; should the kept link have gone away
 // meanwhile, it looks the link up again and retries once.
 func (l *KernelLinks) withLink(op func(*netlink.Handle, netlink.Link) error) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	for attempt := 0; ; attempt++ {
-		cached := l.link != nil
-		link, err := l.lookup(h)
-		if err != nil {
+	return l.locked(func(h *netlink.Handle) error {
+		for attempt := 0; ; attempt++ {
+			cached := l.link != nil
+			link, err := l.lookup(h)
+			if err != nil {
+				return err
+			}
+			err = op(h, link)
+			if errors.Is(err, unix.ENODEV) && cached && attempt == 0 {
+				l.link = nil
+				continue
+			}
 			return err
 		}
-		err = op(h, link)
-		if errors.Is(err, unix.ENODEV) && cached && attempt == 0 {
-			l.link = nil
-			continue
-		}
-		return err
-	}
+	})
 }
 
 // DeleteLink is `ip link del kube-ipvs0`, which unbinds its addresses too.
 // A missing link is fine; a link of that name that is not a dummy is not
 // the proxy's and is left alone, with an error.
 func (l *KernelLinks) DeleteLink() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	l.link = nil
-	link, err := l.lookup(h)
-	l.link = nil
-	if errors.Is(err, fs.ErrNotExist) {
+	return l.locked(func(h *netlink.Handle) error {
+		l.link = nil
+		link, err := l.lookup(h)
+		l.link = nil
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, ok := link.(*netlink.Dummy); !ok {
+			return fmt.Errorf("link %s is a %s, not a dummy link: not deleting it", l.name, link.Type())
+		}
+		if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+			return err
+		}
 		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if _, ok := link.(*netlink.Dummy); !ok {
-		return fmt.Errorf("link %s is a %s, not a dummy link: not deleting it", l.name, link.Type())
-	}
-	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return err
-	}
-	return nil
+	})
 }
 
 // Addresses is `ip addr show dev kube-ipvs0`, keeping host prefixes only:
 // the proxy binds nothing else, so anything else is not its to remove.
 func (l *KernelLinks) Addresses() ([]netip.Addr, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	h, err := l.handle()
+	var out []netip.Addr
+	err := l.locked(func(h *netlink.Handle) error {
+		// Looked up afresh: a full sync is where a re-created link is noticed.
+		l.link = nil
+		link, err := l.lookup(h)
+		if err != nil {
+			return err
+		}
+		if out, err = hostAddrsOf(link.Attrs().Index); err != nil {
+			return fmt.Errorf("list addresses of %s: %w", l.name, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	// Looked up afresh: a full sync is where a re-created link is noticed.
-	l.link = nil
-	link, err := l.lookup(h)
-	if err != nil {
-		return nil, err
-	}
-	out, err := hostAddrsOf(link.Attrs().Index)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", l.name, err)
 	}
 	return sortedAddrs(out), nil
 }
