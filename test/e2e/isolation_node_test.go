@@ -151,7 +151,7 @@ func TestXtablesLockHeldLongerThanASyncPeriod(t *testing.T) {
 	vip := app.clusterIP() + ":80"
 	settledState(t, app, node) // earlier cases' namespaces gone, the state still
 	before := isoFirewallState(t, node)
-	logFrom := len(nodeOutput(t, "vm", "cat", labctl.ProxyLogPath(node)))
+	logFrom := isoLogSize(node)
 
 	// The lock, held by another program in the VM (the lock file is the
 	// VM's: every node's iptables-legacy takes it).
@@ -250,6 +250,17 @@ func TestXtablesLockHeldLongerThanASyncPeriod(t *testing.T) {
 	addFaultRow(faultRow{fmt.Sprintf("xtables lock held %.0fs (sync period %s), iptables-legacy, scale 1 -> 3 -> 1", held.Seconds(), syncPeriod), "-",
 		fmt.Sprintf("/livez %d/%d probes failed", len(fails), rounds),
 		fmt.Sprintf("real servers followed in %.1f / %.1fs with the lock held; iptables and ipsets converged %.1fs after the release", up.Seconds(), down.Seconds(), converged.Seconds())})
+}
+
+// isoLogSize is the size of a node's proxy log now (the log is appended
+// to across restarts).
+func isoLogSize(node string) int {
+	out, err := lab.Output(context.Background(), "vm", "stat", "-c", "%s", labctl.ProxyLogPath(node))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(out))
+	return n
 }
 
 // isoLogSince is the last max lines of a node's proxy log after its first

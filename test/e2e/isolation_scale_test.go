@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,15 +201,4 @@ echo "%[3]d 100000" > %[1]s/cpu.max
 	addFaultRow(faultRow{fmt.Sprintf("cold start of %d Services at %.2f CPU, probed as the livenessProbe", services, cpu), "-",
 		fmt.Sprintf("%d/%d probes failed, at most %d in a row (restart at %d)", failed, probes, maxConsecutive, probe.FailureThreshold),
 		fmt.Sprintf("first sync complete after %.0fs; peak probe latency %.2fs", cold.Seconds(), peak.Seconds())})
-}
-
-// isoLogSize is the size of a node's proxy log now (the log is appended
-// to across restarts).
-func isoLogSize(node string) int {
-	out, err := lab.Output(context.Background(), "vm", "stat", "-c", "%s", labctl.ProxyLogPath(node))
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(out))
-	return n
 }
