@@ -40,17 +40,10 @@ func TestNodePortAddressesFromHost(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			npa, err := servicecache.ParseNodePortAddresses(tc.flag)
-			if err != nil {
-				t.Fatal(err)
-			}
 			log := &ipvs.FakeLog{}
 			fipvs, links, ipset := ipvs.NewFakeIPVS(log), ipvs.NewFakeLinks(log), iptables.NewFakeIPSet()
 			snaps := &snapshots{}
-			p := New(Config{Families: []iptables.Family{iptables.IPv4}, NodePortAddresses: npa},
-				snaps, func() ([]netip.Addr, error) { return local, nil }, ipvs.NewApplier(fipvs, links),
-				&iptables.Applier{IPSet: ipset, Tables: map[iptables.Family]iptables.Tables{iptables.IPv4: iptables.NewFakeTables()}},
-				&healthRecorder{}, Options{})
+			p := newHostProxier(t, tc.flag, []iptables.Family{iptables.IPv4}, local, snaps, fipvs, links, ipset, Options{})
 			svc := &servicecache.Service{
 				Key: servicecache.ServiceKey{Namespace: "default", Name: "sctp"}, Type: v1.ServiceTypeNodePort,
 				ClusterIPs: addrs("10.96.0.10"),
@@ -144,20 +137,11 @@ func TestHealthCheckAddresses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			npa, err := servicecache.ParseNodePortAddresses(tc.flag)
-			if err != nil {
-				t.Fatal(err)
-			}
 			log := &ipvs.FakeLog{}
 			h := &addrHealth{}
-			tables := map[iptables.Family]iptables.Tables{}
-			for _, f := range tc.families {
-				tables[f] = iptables.NewFakeTables()
-			}
 			snaps := &snapshots{queue: []*servicecache.Snapshot{{Node: n}}}
-			p := New(Config{Families: tc.families, NodePortAddresses: npa},
-				snaps, func() ([]netip.Addr, error) { return local, nil }, ipvs.NewApplier(ipvs.NewFakeIPVS(log), ipvs.NewFakeLinks(log)),
-				&iptables.Applier{IPSet: iptables.NewFakeIPSet(), Tables: tables}, &healthRecorder{}, Options{ServiceHealth: h})
+			p := newHostProxier(t, tc.flag, tc.families, local, snaps, ipvs.NewFakeIPVS(log), ipvs.NewFakeLinks(log),
+				iptables.NewFakeIPSet(), Options{ServiceHealth: h})
 			if err := p.Sync(context.Background(), true); err != nil {
 				t.Fatal(err)
 			}
@@ -166,4 +150,22 @@ func TestHealthCheckAddresses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newHostProxier is a proxier over the fakes with --nodeport-addresses
+// flag, the given families and the host addresses local.
+func newHostProxier(t *testing.T, flag []string, families []iptables.Family, local []netip.Addr, snaps *snapshots,
+	fipvs *ipvs.FakeIPVS, links *ipvs.FakeLinks, ipset *iptables.FakeIPSet, opts Options) *Proxier {
+	t.Helper()
+	npa, err := servicecache.ParseNodePortAddresses(flag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := map[iptables.Family]iptables.Tables{}
+	for _, f := range families {
+		tables[f] = iptables.NewFakeTables()
+	}
+	return New(Config{Families: families, NodePortAddresses: npa},
+		snaps, func() ([]netip.Addr, error) { return local, nil }, ipvs.NewApplier(fipvs, links),
+		&iptables.Applier{IPSet: ipset, Tables: tables}, &healthRecorder{}, opts)
 }
