@@ -19,7 +19,7 @@ func shapeSnapshot(n int) *servicecache.Snapshot { return benchshape.Snapshot(n)
 
 func shapeConfig() Config {
 	return Config{Families: []Family{IPv4}, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
-		LocalAddresses: []netip.Addr{benchshape.NodeAddr}}
+		LocalAddresses: []netip.Addr{benchshape.NodeAddr}, NodePortIPs: []netip.Addr{benchshape.NodeAddr}}
 }
 
 // The ipset entries and chains of every Service, planned on every sync.

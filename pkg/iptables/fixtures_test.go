@@ -101,6 +101,7 @@ func fullConfig() Config {
 		Families:       []Family{IPv4, IPv6},
 		ClusterCIDRs:   pfxs("10.244.0.0/16", "fd00:244::/56"),
 		LocalAddresses: ips("127.0.0.1", "192.168.10.5", "203.0.113.7", "::1", "fd00:10::5", "fe80::1"),
+		NodePortIPs:    ips("192.168.10.5", "203.0.113.7", "fd00:10::5"),
 		// As the IPVS plan gives them for the externalTrafficPolicy:
 		// Local load balancer: its address and a node port.
 		ExternalLocalMarks: []Entry{

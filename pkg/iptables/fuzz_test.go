@@ -97,12 +97,12 @@ func FuzzIptablesPlan(f *testing.F) {
 // fuzzConfig is the planner configuration of a scenario.
 func fuzzConfig(sc *fuzzgen.Scenario) Config {
 	cfg := Config{
-		ClusterCIDRs:      sc.ClusterCIDRs,
-		MasqueradeAll:     sc.MasqueradeAll,
-		MasqueradeMark:    sc.MasqueradeMark,
-		NodePortAddresses: sc.NodePortCIDRs,
-		LocalAddresses:    sc.LocalAddresses,
-		NodeIPs:           sc.NodeIPs,
+		ClusterCIDRs:   sc.ClusterCIDRs,
+		MasqueradeAll:  sc.MasqueradeAll,
+		MasqueradeMark: sc.MasqueradeMark,
+		NodePortIPs:    servicecache.NodePortAddresses{Prefixes: sc.NodePortCIDRs}.NodePortIPs(nil, sc.LocalAddresses),
+		LocalAddresses: sc.LocalAddresses,
+		NodeIPs:        sc.NodeIPs,
 	}
 	for _, f := range sc.Families {
 		cfg.Families = append(cfg.Families, Family(f))

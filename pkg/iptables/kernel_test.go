@@ -463,7 +463,7 @@ func TestKernelMatchesUpstream(t *testing.T) {
 				Ports: []servicecache.ServicePort{{Name: "http", Protocol: "TCP", Port: 80, NodePort: 30080,
 					Endpoints: []servicecache.Endpoint{ep("10.244.1.5", 8080, "node-a")}}},
 			})
-			cfg := Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), LocalAddresses: ips("192.168.10.5")}
+			cfg := Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), LocalAddresses: ips("192.168.10.5"), NodePortIPs: ips("192.168.10.5")}
 			a := newRealApplier(t, backend)
 			ch, err := a.Apply(Plan(snap, cfg))
 			if err != nil {

@@ -43,7 +43,7 @@ func TestOutFilterAsTheKernelListsIt(t *testing.T) {
 		}},
 	}
 	cfg := Config{Families: []Family{IPv4, IPv6}, ClusterCIDRs: pfxs("10.244.0.0/16", "fd00:10:244::/56"),
-		LocalAddresses: ips("172.30.0.12", "fd00:172:30::12")}
+		LocalAddresses: ips("172.30.0.12", "fd00:172:30::12"), NodePortIPs: ips("172.30.0.12", "fd00:172:30::12")}
 	d := Plan(snap, cfg)
 	if len(d.Problems) > 0 {
 		t.Fatalf("problems: %q", d.Problems)

@@ -29,10 +29,10 @@ type Config struct {
 	// MasqueradeMark is the fwmark bit for "needs SNAT"; 0 means
 	// DefaultMasqueradeMark (0x4000).
 	MasqueradeMark uint32
-	// NodePortAddresses limits the addresses NodePorts answer on (only the
-	// SCTP set lists addresses). No prefix of a family, or a zero-length
-	// one, means all of LocalAddresses.
-	NodePortAddresses []netip.Prefix
+	// NodePortIPs are the addresses NodePorts answer on, the list the
+	// proxier resolves for IPVS too (servicecache.NodePortAddresses.NodePortIPs);
+	// only the SCTP set lists addresses.
+	NodePortIPs []netip.Addr
 	// LocalAddresses are the addresses on the host's interfaces other than
 	// kube-ipvs0. NodePort addresses are picked from them, and external or
 	// load-balancer IPs found among them are not added to KUBE-IPVS-IPS
@@ -199,7 +199,11 @@ func newFamilyBuilder(f Family, node servicecache.Node, cfg *Config, problems *[
 			b.local[local[i]] = true
 		}
 	}
-	b.nodePortIPs = nodePortIPs(f, cfg.NodePortAddresses, local)
+	for _, a := range cfg.NodePortIPs {
+		if a = a.Unmap(); f.Has(a) {
+			b.nodePortIPs = append(b.nodePortIPs, a)
+		}
+	}
 	return b
 }
 
@@ -221,40 +225,6 @@ func firstOf(f Family, addrs []netip.Addr) netip.Addr {
 		}
 	}
 	return netip.Addr{}
-}
-
-// nodePortIPs mirrors upstream: with no restriction, every local address
-// but loopback (and IPv6 link-local); otherwise the non-loopback local
-// addresses inside the given prefixes.
-func nodePortIPs(f Family, allowed []netip.Prefix, local []netip.Addr) []netip.Addr {
-	var prefixes []netip.Prefix
-	matchAll := true
-	for _, p := range allowed {
-		if !f.HasPrefix(p) {
-			continue
-		}
-		if p.Bits() == 0 {
-			prefixes, matchAll = nil, true
-			break
-		}
-		prefixes, matchAll = append(prefixes, p), false
-	}
-	var out []netip.Addr
-	for _, a := range local {
-		if !f.Has(a) || a.IsLoopback() {
-			continue
-		}
-		if matchAll {
-			if a.IsLinkLocalUnicast() {
-				continue
-			}
-		} else if !slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
-			continue
-		}
-		out = append(out, a)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
 }
 
 func (b *familyBuilder) problemf(format string, args ...any) {

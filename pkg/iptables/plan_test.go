@@ -18,7 +18,7 @@ func singleService(s *servicecache.Service) *servicecache.Snapshot {
 }
 
 func TestPlanGolden(t *testing.T) {
-	v4 := Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), LocalAddresses: ips("192.168.10.5")}
+	v4 := Config{Families: []Family{IPv4}, ClusterCIDRs: pfxs("10.244.0.0/16"), LocalAddresses: ips("192.168.10.5"), NodePortIPs: ips("192.168.10.5")}
 	dual := fullConfig()
 
 	tests := []struct {
@@ -78,14 +78,14 @@ func TestPlanGolden(t *testing.T) {
 			Config{Families: []Family{IPv4, IPv6}, ClusterCIDRs: pfxs("10.244.0.0/16", "fd00:244::/56"), NodeIPs: ips("10.1.0.9")},
 		},
 		{
-			// NodePortAddresses narrows IPv4 NodePort addresses; IPv6 has
-			// a zero-length prefix, i.e. all (but loopback and link-local).
+			// --nodeport-addresses=192.168.10.0/24,127.0.0.0/8,::/0 as the
+			// proxier resolves it: loopback and link-local left out.
 			"nodeport-addresses",
 			singleService(&servicecache.Service{Key: svcKey("a"), ClusterIPs: ips("10.96.0.1", "fd00:96::1"),
 				Ports: []servicecache.ServicePort{{Name: "p", Protocol: v1.ProtocolSCTP, Port: 3868, NodePort: 30868}}}),
 			Config{Families: []Family{IPv4, IPv6}, ClusterCIDRs: pfxs("10.244.0.0/16"),
-				NodePortAddresses: pfxs("192.168.10.0/24", "127.0.0.0/8", "::/0"),
-				LocalAddresses:    ips("127.0.0.1", "192.168.10.5", "192.168.10.6", "10.0.0.1", "::1", "fd00:10::5", "fe80::1")},
+				NodePortIPs:    ips("192.168.10.5", "192.168.10.6", "fd00:10::5"),
+				LocalAddresses: ips("127.0.0.1", "192.168.10.5", "192.168.10.6", "10.0.0.1", "::1", "fd00:10::5", "fe80::1")},
 		},
 		{
 			// No usable node address: upstream skips NodePorts.

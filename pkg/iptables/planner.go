@@ -179,7 +179,7 @@ func (p *Planner) reset(node servicecache.Node, cfg Config) {
 func cloneConfig(c Config) Config {
 	c.Families = slices.Clone(c.Families)
 	c.ClusterCIDRs = slices.Clone(c.ClusterCIDRs)
-	c.NodePortAddresses = slices.Clone(c.NodePortAddresses)
+	c.NodePortIPs = slices.Clone(c.NodePortIPs)
 	c.LocalAddresses = slices.Clone(c.LocalAddresses)
 	c.NodeIPs = slices.Clone(c.NodeIPs)
 	if c.NotLocal != nil {

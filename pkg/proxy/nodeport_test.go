@@ -89,19 +89,6 @@ func TestNodePortAddressesFromHost(t *testing.T) {
 	}
 }
 
-func TestHostPrefixes(t *testing.T) {
-	got := hostPrefixes([]netip.Addr{netip.MustParseAddr("10.0.0.1")})
-	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("::/128")}
-	if !slices.Equal(got, want) {
-		t.Errorf("hostPrefixes = %v, want %v", got, want)
-	}
-	got = hostPrefixes(nil)
-	want = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}
-	if !slices.Equal(got, want) {
-		t.Errorf("hostPrefixes(nil) = %v, want %v", got, want)
-	}
-}
-
 type addrHealth struct {
 	addrs []netip.Addr
 	all   bool

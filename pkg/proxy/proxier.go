@@ -309,13 +309,13 @@ func (p *Proxier) Sync(ctx context.Context, full bool) error {
 	}
 	p.progress()
 	d := p.iptPlanner.Plan(snap, iptables.Config{
-		Families:          p.cfg.Families,
-		ClusterCIDRs:      p.cfg.ClusterCIDRs,
-		MasqueradeAll:     p.cfg.MasqueradeAll,
-		NotLocal:          p.notLocal(snap.Node),
-		NodePortAddresses: hostPrefixes(nodePortIPs),
-		LocalAddresses:    local,
-		NodeIPs:           snap.Node.PrimaryIPs(),
+		Families:       p.cfg.Families,
+		ClusterCIDRs:   p.cfg.ClusterCIDRs,
+		MasqueradeAll:  p.cfg.MasqueradeAll,
+		NotLocal:       p.notLocal(snap.Node),
+		NodePortIPs:    nodePortIPs,
+		LocalAddresses: local,
+		NodeIPs:        snap.Node.PrimaryIPs(),
 		// The marks of the firewall-mark virtual servers IPVS now has,
 		// whether this sync's IPVS part succeeded or not.
 		ExternalLocalMarks: markEntries(p.ipvs.MarkEntries()),
@@ -500,27 +500,6 @@ func v1IPFamily(f iptables.Family) v1.IPFamily {
 		return v1.IPv6Protocol
 	}
 	return v1.IPv4Protocol
-}
-
-// hostPrefixes turns the NodePort addresses into the iptables planner's
-// --nodeport-addresses: a /32 or /128 per address picks exactly those of
-// the local addresses. A family with none gets its unspecified address
-// (0.0.0.0/32, ::/128), which no interface has: without a prefix of a
-// family the iptables planner would take all of its addresses.
-func hostPrefixes(addrs []netip.Addr) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(addrs)+2)
-	var has4, has6 bool
-	for _, a := range addrs {
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		has4, has6 = has4 || a.Is4(), has6 || a.Is6()
-	}
-	if !has4 {
-		out = append(out, netip.PrefixFrom(netip.IPv4Unspecified(), 32))
-	}
-	if !has6 {
-		out = append(out, netip.PrefixFrom(netip.IPv6Unspecified(), 128))
-	}
-	return out
 }
 
 func sameIPVSConfig(a, b ipvs.Config) bool {
